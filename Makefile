@@ -1,0 +1,53 @@
+# Two commands for a newcomer: `make run` (pipeline on the embedded default) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Optional: `make run PROFILE=crafter` runs another profile of params.yaml as a DVC experiment.
+PROFILE ?=
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export GX_ANALYTICS_ENABLED := False
+export DO_NOT_TRACK := 1
+export DAGSTER_HOME ?= $(abspath .dagster_home)
+
+.PHONY: setup run test lint format dagster clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+run: setup $(DAGSTER_HOME)/dagster.yaml
+ifeq ($(PROFILE),)
+	dvc repro
+else
+	dvc exp run -S profile=$(PROFILE)
+endif
+	dvc status
+
+test: setup $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+dagster: setup $(DAGSTER_HOME)/dagster.yaml
+	dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""`dreamer4 <stage>`: one subcommand per pipeline stage (the commands dvc.yaml runs) plus tools.
+
+Stage modules are imported lazily so `dreamer4 --help` stays fast and a stage pulls in only
+what it needs (torch, DeepSpeed and great-expectations are slow to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dreamer4.errors import StageError
+
+# subcommand -> (module, one-line help). Pipeline stages first, in dvc.yaml order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("dreamer4.stages.collect", "stage collect → raw_episodes: record Crafter gameplay"),
+    "ingest": ("dreamer4.stages.ingest", "stage ingest → episode_dataset: validate, resize, index"),
+    "player-report": (
+        "dreamer4.envs.player_report",
+        "success rate per Crafter achievement of the scripted player at full skill",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamer4",
+        description="Dreamer 4 pipeline stages. Each reads its settings from the active profile "
+        "in params.yaml; explicit options override them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        p.add_argument("--profile", default=None, help="profile in params.yaml (default: its `profile`)")
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (StageError, FileNotFoundError) as err:
+        print(f"dreamer4 {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

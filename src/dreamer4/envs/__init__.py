@@ -1,0 +1,1 @@
+"""Real environments used to record gameplay and to evaluate agents."""

@@ -1,0 +1,103 @@
+"""great-expectations suites over the episode dataset: the step index and the episode table.
+
+Run inside `ingest` (a failing suite fails the stage, so a bad dataset never becomes an output)
+and again by the Dagster asset check on the materialized files. Bad *episodes* never reach these
+suites: `ingest` quarantines them first; the suites guard the dataset as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from dreamer4.episodes.actions import CRAFTER_ACTIONS
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of both suites: overall success and one line per failed expectation."""
+
+    success: bool
+    failures: list[str] = field(default_factory=list)
+    evaluated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "evaluated": self.evaluated, "failures": self.failures}
+
+
+def _steps_suite(gx: Any, steps: pd.DataFrame) -> list[Any]:
+    e = gx.expectations
+    cols = [
+        e.ExpectCompoundColumnsToBeUnique(column_list=["episode", "step"]),
+        e.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "eval"]),
+        e.ExpectColumnValuesToBeBetween(column="reward", min_value=-1e6, max_value=1e6),
+        e.ExpectColumnValuesToBeBetween(column="step", min_value=0),
+    ]
+    cols += [
+        e.ExpectColumnValuesToNotBeNull(column=c)
+        for c in ("episode", "step", "split", "reward", "done", "labelled", "frame_chunk")
+    ]
+    if "action/crafter" in steps:
+        cols.append(e.ExpectColumnValuesToBeBetween(
+            column="action/crafter", min_value=0, max_value=len(CRAFTER_ACTIONS) - 1))
+    if "action/camera" in steps:
+        cols.append(e.ExpectColumnValuesToBeBetween(column="action/camera", min_value=0, max_value=120))
+    return cols
+
+
+def _episodes_suite(gx: Any, min_length: int, max_length: int) -> list[Any]:
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToBeUnique(column="episode"),
+        e.ExpectColumnPairValuesToBeEqual(column_A="frames", column_B="actions"),
+        e.ExpectColumnPairValuesToBeEqual(column_A="frames", column_B="length"),
+        e.ExpectColumnValuesToBeBetween(column="length", min_value=min_length, max_value=max_length),
+    ]
+
+
+def episode_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per-episode counts derived from the step index (rows = action records, frames stored)."""
+    g = steps.groupby("episode", sort=True)
+    return pd.DataFrame({
+        "length": g["step"].max() + 1,
+        "actions": g.size(),
+        "frames": g["frame_chunk"].count(),
+    }).reset_index()  # fmt: skip
+
+
+def validate(
+    steps: pd.DataFrame, episodes: pd.DataFrame, min_length: int, max_length: int
+) -> ValidationReport:
+    """Run both suites; `episodes` needs columns episode, length, actions, frames."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = ctx.data_sources.add_pandas("episode_dataset")
+    failures: list[str] = []
+    evaluated = 0
+    for name, frame, expectations in (
+        ("steps", steps, _steps_suite(gx, steps)),
+        ("episodes", episodes, _episodes_suite(gx, min_length, max_length)),
+    ):
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        run = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        ).run(batch_parameters={"dataframe": frame})
+        for res in run.results:
+            evaluated += 1
+            if not res.success:
+                cfg = res.expectation_config
+                args = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+                sample = res.result.get("partial_unexpected_list", [])[:3]
+                failures.append(f"{name}: {cfg.type} {args} failed (e.g. {sample})")
+    return ValidationReport(success=not failures, failures=failures, evaluated=evaluated)

@@ -1,0 +1,1 @@
+"""Evaluation: real-environment success tables and scores."""

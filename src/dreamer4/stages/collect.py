@@ -1,0 +1,126 @@
+"""Stage `collect` → asset `raw_episodes`: offline Crafter gameplay in the VPT contractor layout.
+
+Like VPT's contractor data, the recordings come from players of varying skill: each episode
+draws a skill from the profile's mix (`skills` / `skill_weights`; skill 0 is a random player)
+and a scripted player (`envs/scripted_player.py`) follows its plan with that probability per
+step. Episodes run in a pool of worker processes that reuse one Crafter env each (world
+generation, not env construction, is the per-episode cost). Episode i's world seed, skill and
+player seed derive from (seed, i) alone, and Crafter is made deterministic
+(`envs/crafter_env.py`), so one seed gives byte-identical files whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamer4.params import ParamsError, section, setting
+
+_ENV: dict[str, Any] = {}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="output folder (default: paths.raw)")
+    p.add_argument("--episodes", type=int, help="number of episodes")
+    p.add_argument("--seed", type=int, help="base seed; episode i derives from (seed, i)")
+    p.add_argument("--skill", type=float, help="one skill for every episode instead of the mix")
+    p.add_argument("--max-steps", type=int, help="episode length cap in steps")
+    p.add_argument("--size", type=int, help="rendered frame size in pixels")
+    p.add_argument("--workers", type=int, help="collection processes")
+
+
+def episode_plan(seed: int, episodes: int, skill: float | None, skills: list[float],
+                 weights: list[float]) -> list[dict[str, Any]]:  # fmt: skip
+    """Per episode: id, world seed, player seed and skill, from (seed, index) alone."""
+    from dreamer4.envs.crafter_env import episode_seed
+
+    if skill is None and (len(skills) != len(weights) or not skills):
+        raise ParamsError("collect: skills and skill_weights must be non-empty and equally long")
+    p = np.asarray(weights, dtype=np.float64)
+    plan = []
+    for i in range(episodes):
+        rng = np.random.default_rng([seed, i, 1])
+        s = float(skill) if skill is not None else float(skills[rng.choice(len(skills), p=p / p.sum())])
+        plan.append({
+            "id": f"crafter-s{seed}-{i:05d}", "index": i, "world_seed": episode_seed(seed, i),
+            "player_seed": int(rng.integers(2**31 - 1)), "skill": s,
+        })  # fmt: skip
+    return plan
+
+
+def _record(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: play and write one episode; return its stats.jsonl line."""
+    from dreamer4.envs.crafter_env import make_env, reseed
+    from dreamer4.envs.play import play_episode
+    from dreamer4.envs.scripted_player import ScriptedPlayer
+    from dreamer4.episodes.crafter_format import stats_line, write_crafter_episode
+
+    key = (job["size"], job["max_steps"])
+    if _ENV.get("key") != key:
+        _ENV["key"], _ENV["env"] = key, make_env(0, size=job["size"], length=job["max_steps"])
+    env = _ENV["env"]
+    reseed(env, job["world_seed"])
+    played = play_episode(env, ScriptedPlayer(job["skill"], job["player_seed"]), record=True)
+    options = {k: job[k] for k in ("id", "index", "world_seed", "player_seed", "skill", "max_steps",
+                                   "size", "seed")}  # fmt: skip
+    options.update(env="crafter", crafter_version="1.8.3", player="scripted", fps=20)
+    write_crafter_episode(Path(job["out"]), job["id"], np.stack(played.frames), played.lines, options)
+    return stats_line(played.length, played.reward, played.achievements)
+
+
+def collect(out: Path, episodes: int, seed: int, max_steps: int, size: int, workers: int,
+            skill: float | None = None, skills: list[float] | None = None,
+            weights: list[float] | None = None, env: str = "crafter") -> list[dict[str, Any]]:  # fmt: skip
+    """Record `episodes` episodes into `out`; returns the stats.jsonl lines in episode order."""
+    import json
+
+    from tqdm import tqdm
+
+    from dreamer4.episodes.crafter_format import atomic_write_text
+
+    if env != "crafter":
+        raise ParamsError(
+            f"collect: env {env!r} cannot be recorded here; MineRL needs the optional `minerl` "
+            "extra. Place VPT contractor recordings under the raw folder and run `dreamer4 ingest`."
+        )
+    if skill is not None and not 0.0 <= skill <= 1.0:
+        raise ParamsError(f"collect: --skill must be in [0, 1], got {skill}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = episode_plan(seed, episodes, skill, skills or [1.0], weights or [1.0])
+    jobs = [{**p, "out": str(out), "max_steps": max_steps, "size": size, "seed": seed} for p in plan]
+    stats: list[dict[str, Any]] = []
+    bar = tqdm(total=len(jobs), desc="collect", unit="episode")
+    if workers <= 1:
+        for job in jobs:
+            stats.append(_record(job))
+            bar.update()
+    else:
+        with mp.get_context("forkserver").Pool(workers) as pool:
+            for line in pool.imap(_record, jobs):
+                stats.append(line)
+                bar.update()
+    bar.close()
+    atomic_write_text(out / "stats.jsonl", "".join(json.dumps(s) + "\n" for s in stats))
+    return stats
+
+
+def run(args: argparse.Namespace) -> int:
+    prm = section(args.params, args.profile, "collect")
+    out = setting(args.out, prm["paths"], "raw", "collect")
+    stats = collect(
+        out=Path(out),
+        episodes=setting(args.episodes, prm, "episodes", "collect"),
+        seed=setting(args.seed, prm, "seed", "collect"),
+        max_steps=setting(args.max_steps, prm, "max_steps", "collect"),
+        size=setting(args.size, prm, "size", "collect"),
+        workers=args.workers or prm.get("workers", 1),
+        skill=args.skill, skills=prm.get("skills"), weights=prm.get("skill_weights"),
+        env=prm.get("env", "crafter"),
+    )  # fmt: skip
+    steps = sum(s["length"] for s in stats)
+    print(f"collect: {len(stats)} episodes, {steps} steps → {out}")
+    return 0

@@ -1,0 +1,116 @@
+"""Stage `ingest` → asset `episode_dataset`: raw episodes of any kind → validated dataset.
+
+Reads every episode under the raw folder (our Crafter recordings, VPT contractor segments,
+Crafter recorder `.npz`, bare `.mp4` video), resizes frames to the profile's resolution and
+writes the dataset of `episodes/dataset.py`. An episode that cannot be read (corrupt or
+truncated video, truncated jsonl, frame/line count mismatch, length out of bounds) is
+quarantined: `quarantine.json` names its files and the reason, and the good episodes go on.
+The raw folder is a DVC-tracked input and is never modified. The dataset is built in a
+temporary folder beside `--out` and renamed into place only after the great-expectations
+suites pass, so a failed ingest leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dreamer4.errors import StageError
+from dreamer4.params import section, setting
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raw", type=Path, help="raw episode folder (default: paths.raw)")
+    p.add_argument("--out", type=Path, help="dataset folder (default: paths.episodes)")
+    p.add_argument("--resolution", type=int, help="frame size stored (pixels, square)")
+    p.add_argument("--eval-fraction", type=float, help="fraction of episodes held out")
+
+
+class ValidationFailed(StageError):
+    """The dataset suites failed: a bug or a kind of bad data no per-episode check caught."""
+
+
+def ingest(raw: Path, out: Path, resolution: int, chunk_frames: int = 4096,
+           eval_fraction: float = 0.1, min_length: int = 2,
+           max_length: int = 1_000_000) -> dict[str, Any]:  # fmt: skip
+    """Build the dataset at `out`; returns the summary also written to `dataset.json`."""
+    from tqdm import tqdm
+
+    from dreamer4.episodes.dataset import DatasetWriter, split_of, write_json
+    from dreamer4.episodes.episode import EpisodeError
+    from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
+    from dreamer4.episodes.validation import episode_table, validate
+
+    raws = find_raw_episodes(raw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        writer = DatasetWriter(tmp, chunk_frames)
+        quarantined: list[dict[str, Any]] = []
+        for r in tqdm(raws, desc="ingest", unit="episode"):
+            files = [str(f) for f in r.files]
+            try:
+                ep = read_raw_episode(r, resolution)
+                if not min_length <= len(ep) <= max_length:
+                    raise EpisodeError(
+                        f"{r.files[0]}: {len(ep)} frames, outside [{min_length}, {max_length}]"
+                    )
+            except EpisodeError as err:
+                quarantined.append({"episode": r.id, "files": files, "reason": str(err)})
+                continue
+            writer.add(ep, split_of(ep.id, eval_fraction))
+        steps, episodes = writer.close()
+        if steps.empty:
+            raise EpisodeError(f"{raw}: no readable episodes ({len(quarantined)} quarantined)")
+        table = episode_table(steps).set_index("episode")[["actions", "frames"]]
+        episodes = episodes.set_index("episode").join(table).reset_index()
+        report = validate(steps, episodes, min_length, max_length)
+        write_json(tmp / "validation.json", report.to_dict())
+        if not report.success:
+            raise ValidationFailed("dataset suites failed:\n  " + "\n  ".join(report.failures))
+        steps.to_parquet(tmp / "steps.parquet", index=False)
+        episodes.to_parquet(tmp / "episodes.parquet", index=False)
+        write_json(tmp / "quarantine.json", {"raw": str(raw), "count": len(quarantined),
+                                             "episodes": quarantined})  # fmt: skip
+        summary = {
+            "raw": str(raw), "resolution": resolution, "episodes": int(len(episodes)),
+            "steps": int(len(steps)), "quarantined": len(quarantined),
+            "splits": {k: int(v) for k, v in episodes["split"].value_counts().sort_index().items()},
+            "sources": sorted(episodes["source"].unique().tolist()),
+            "action_columns": [c for c in steps.columns if c.startswith("action/")],
+            "event_columns": [c for c in steps.columns if c.startswith("event/")],
+            "chunks": int(steps["frame_chunk"].max()) + 1, "validation": report.to_dict(),
+        }  # fmt: skip
+        write_json(tmp / "dataset.json", summary)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for q in quarantined:
+        print(f"ingest: quarantined {q['episode']}: {q['reason']}")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    prm = section(args.params, args.profile, "ingest")
+    summary = ingest(
+        raw=Path(setting(args.raw, prm["paths"], "raw", "ingest")),
+        out=Path(setting(args.out, prm["paths"], "episodes", "ingest")),
+        resolution=setting(args.resolution, prm, "resolution", "ingest"),
+        chunk_frames=prm.get("chunk_frames", 4096),
+        eval_fraction=args.eval_fraction if args.eval_fraction is not None
+        else prm.get("eval_fraction", 0.1),
+        min_length=prm.get("min_length", 2),
+        max_length=prm.get("max_length", 1_000_000),
+    )  # fmt: skip
+    print(
+        f"ingest: {summary['episodes']} episodes, {summary['steps']} steps "
+        f"({summary['splits']}), {summary['quarantined']} quarantined → {args.out or prm['paths'].get('episodes')}"
+    )
+    return 0

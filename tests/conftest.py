@@ -1,0 +1,46 @@
+"""Shared fixtures: small raw episodes of every kind, written by the real writers and recorders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Subprocesses (dvc, dreamer4, dagster) must find this venv's commands.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def write_npz_episode(directory: Path, seed: int, length: int) -> list[int]:
+    """One episode recorded by Crafter's own `crafter.Recorder`; returns the actions taken."""
+    import crafter
+
+    from dreamer4.envs.crafter_env import make_env
+
+    env = crafter.Recorder(make_env(seed, length=length), directory, save_stats=True,
+                           save_video=False, save_episode=True)  # fmt: skip
+    env.reset()
+    rng = np.random.default_rng(seed)
+    actions, done = [], False
+    while not done:
+        actions.append(int(rng.integers(17)))
+        _, _, done, _ = env.step(actions[-1])
+    return actions
+
+
+def vpt_frames(n: int, seed: int, h: int = 36, w: int = 64) -> np.ndarray:
+    """Frames with structure (gradients + noise) standing in for 360×640 Minecraft video."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 200, w, dtype=np.float64)[None, :, None] + np.zeros((h, 1, 3))
+    return np.stack([(base + rng.integers(0, 50, (h, w, 3))).astype(np.uint8) for _ in range(n)])
+
+
+@pytest.fixture
+def tmp_raw(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    return raw

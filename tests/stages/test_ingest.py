@@ -1,0 +1,140 @@
+"""`ingest`: every raw kind into one dataset; bad episodes quarantined, good ones kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dreamer4.cli import main
+from dreamer4.episodes.actions import CRAFTER_ACTIONS
+from dreamer4.episodes.crafter_format import write_crafter_episode
+from dreamer4.episodes.dataset import load_chunk, load_steps
+from dreamer4.episodes.video import write_video
+from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
+from dreamer4.stages.ingest import ingest
+from tests.conftest import vpt_frames, write_npz_episode
+
+
+def crafter_lines(n: int) -> list[dict]:
+    lines = [{"step": t, "action": CRAFTER_ACTIONS[t % 17], "reward": 0.0, "done": False,
+              "achievements": [], "inventory": {}} for t in range(n - 1)]  # fmt: skip
+    return lines + [{"step": n - 1, "action": None, "reward": 0.0, "done": True,
+                     "achievements": [], "inventory": {}}]  # fmt: skip
+
+
+def make_raw(raw: Path) -> None:
+    """Three good episodes (one per format) and one bad episode of each kind."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    write_crafter_episode(raw, "good-crafter", frames, crafter_lines(20), {})
+    write_npz_episode(raw, seed=5, length=15)
+    write_vpt_episode(raw, "6.13/good-vpt", vpt_frames(12, 1), [vpt_line({"forward"})] * 12)
+    # corrupt mp4: not a video at all
+    write_crafter_episode(raw, "bad-corrupt", frames, crafter_lines(20), {})
+    (raw / "bad-corrupt.mp4").write_bytes(b"\x00not an mp4\x00" * 50)
+    # truncated mp4: the recording stopped half way
+    write_crafter_episode(raw, "bad-truncated-video", frames, crafter_lines(20), {})
+    data = (raw / "bad-truncated-video.mp4").read_bytes()
+    (raw / "bad-truncated-video.mp4").write_bytes(data[: len(data) // 2])
+    # truncated jsonl: cut in the middle of a line
+    write_crafter_episode(raw, "bad-truncated-jsonl", frames, crafter_lines(20), {})
+    text = (raw / "bad-truncated-jsonl.jsonl").read_text()
+    (raw / "bad-truncated-jsonl.jsonl").write_text(text[: len(text) - 30])
+    # length mismatch: 18 frames, 20 lines
+    write_crafter_episode(raw, "bad-mismatch", frames, crafter_lines(20), {})
+    write_video(raw / "bad-mismatch.mp4", frames[:18])
+    # actions without video
+    write_crafter_episode(raw, "bad-novideo", frames, crafter_lines(20), {})
+    (raw / "bad-novideo.mp4").unlink()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_bad_episodes_are_quarantined_and_good_ones_go_on(tmp_raw: Path, tmp_path: Path):
+    make_raw(tmp_raw)
+    before = _digest(tmp_raw)
+    out = tmp_path / "episodes"
+    summary = ingest(tmp_raw, out, resolution=32, eval_fraction=0.5, min_length=4)
+
+    quarantine = json.loads((out / "quarantine.json").read_text())
+    reasons = {q["episode"]: q["reason"] for q in quarantine["episodes"]}
+    assert quarantine["count"] == 5 == summary["quarantined"]
+    assert "bad-corrupt.mp4: unreadable video" in reasons["bad-corrupt"]
+    assert "bad-truncated-video.mp4: unreadable video" in reasons["bad-truncated-video"]
+    assert "bad-truncated-jsonl.jsonl: truncated" in reasons["bad-truncated-jsonl"]
+    assert "bad-mismatch.mp4: 18 frames but bad-mismatch.jsonl has 20 lines" in reasons["bad-mismatch"]
+    assert "bad-novideo.jsonl: no video" in reasons["bad-novideo"]
+    assert _digest(tmp_raw) == before, "ingest must not modify or move raw files"
+
+    steps = load_steps(out)
+    assert set(steps["source"]) == {"crafter", "crafter_npz", "vpt"}
+    assert steps.groupby("episode").size().to_dict() == {
+        "good-crafter": 20, "6.13/good-vpt": 12, next(e for e in steps.episode if "ach" in e): 16,
+    }  # fmt: skip
+    # one column per action component; nulls where a component does not apply
+    assert steps["action/crafter"].dtype == "Int16" and steps["action/forward"].dtype == "boolean"
+    vpt = steps[steps.source == "vpt"]
+    assert vpt["action/forward"].all() and vpt["action/crafter"].isna().all()
+    assert (vpt["action/camera"] == 60).all() and vpt["null_action"].eq(False).all()
+    crafter = steps[steps.episode == "good-crafter"]
+    assert crafter["action/crafter"].iloc[:-1].tolist() == [t % 17 for t in range(19)]
+    assert pd.isna(crafter["action/crafter"].iloc[-1]) and not crafter["labelled"].iloc[-1]
+    assert crafter["done"].tolist() == [False] * 19 + [True]
+    assert set(steps["split"]) <= {"train", "eval"}
+    assert len(steps.drop_duplicates(["episode", "split"])) == 3  # split is per episode
+    # frames: right resolution, reachable through the index
+    row = steps[steps.episode == "6.13/good-vpt"].iloc[3]
+    frame = load_chunk(out, int(row.frame_chunk))[int(row.frame_index)]
+    assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+    assert json.loads((out / "validation.json").read_text())["success"] is True
+    assert not list(tmp_path.glob(".episodes.*")), "temporary build folder left behind"
+
+
+def test_too_short_episodes_are_quarantined(tmp_raw: Path, tmp_path: Path):
+    make_raw(tmp_raw)
+    summary = ingest(tmp_raw, tmp_path / "out", resolution=16, min_length=13)
+    q = json.loads((tmp_path / "out" / "quarantine.json").read_text())
+    assert summary["episodes"] == 2  # the 12-frame VPT segment is too short
+    assert any("12 frames, outside [13" in e["reason"] for e in q["episodes"])
+
+
+def test_cli_with_explicit_paths_and_no_readable_episode(tmp_raw: Path, tmp_path: Path, capsys):
+    (tmp_raw / "x.jsonl").write_text('{"action": "noop"}\n')
+    code = main(["ingest", "--params", str(tmp_path / "none.yaml"), "--raw", str(tmp_raw),
+                 "--out", str(tmp_path / "out"), "--resolution", "16"])  # fmt: skip
+    assert code == 2
+    assert "no readable episodes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
+    make_raw(tmp_raw)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "profile: p\npaths: {raw: %s, episodes: %s}\n"
+        "profiles: {p: {ingest: {resolution: 8, min_length: 4, eval_fraction: 0.0}}}\n"
+        % (tmp_raw, tmp_path / "ds")
+    )
+    assert main(["ingest", "--params", str(params)]) == 0
+    assert "3 episodes" in capsys.readouterr().out
+    assert load_chunk(tmp_path / "ds", 0).shape[1:] == (8, 8, 3)
+    assert set(load_steps(tmp_path / "ds")["split"]) == {"train"}
+
+
+@pytest.mark.parametrize("missing", ["profile", "section"])
+def test_params_errors_name_the_file(tmp_path: Path, capsys, missing):
+    params = tmp_path / "params.yaml"
+    body = {"profile": "profile: nope\nprofiles: {p: {}}\n",
+            "section": "profile: p\nprofiles: {p: {collect: {}}}\n"}[missing]  # fmt: skip
+    params.write_text(body)
+    assert main(["ingest", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert str(params) in err and ("no profile 'nope'" in err or "no `ingest` section" in err)
