@@ -21,8 +21,13 @@ def write_npz_episode(directory: Path, seed: int, length: int) -> list[int]:
 
     from dreamer4.envs.crafter_env import make_env
 
-    env = crafter.Recorder(make_env(seed, length=length), directory, save_stats=True,
-                           save_video=False, save_episode=True)  # fmt: skip
+    env = crafter.Recorder(
+        make_env(seed, length=length),
+        directory,
+        save_stats=True,
+        save_video=False,
+        save_episode=True,
+    )
     env.reset()
     rng = np.random.default_rng(seed)
     actions, done = [], False
@@ -44,3 +49,38 @@ def tmp_raw(tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     raw.mkdir()
     return raw
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
+    """A git + DVC repository with this project's dvc.yaml, code and a shrunk `tiny` profile."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tiny = params["profiles"]["tiny"]
+    tiny["collect"].update(episodes=episodes, max_steps=max_steps, workers=2)
+    params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
+    params["profiles"]["alt"]["collect"]["seed"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("/data/\n")
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+
+    sh("git", "init", "-q")
+    sh("git", "config", "user.email", "test@localhost")
+    sh("git", "config", "user.name", "test")
+    sh("dvc", "init", "-q")
+    sh("dvc", "config", "core.analytics", "false")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "init")
+    return root

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-        p.add_argument("--profile", default=None, help="profile in params.yaml (default: its `profile`)")
+        p.add_argument(
+            "--profile", default=None, help="profile in params.yaml (default: its `profile`)"
+        )
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     return parser

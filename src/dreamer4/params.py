@@ -25,7 +25,9 @@ def load_profile(path: Path = DEFAULT_PARAMS, profile: str | None = None) -> dic
     """The active profile's settings plus `paths` and `profile` (its name)."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
+        raise ParamsError(
+            f"{path}: params file not found (run from the repository root or pass --params)"
+        )
     params = yaml.safe_load(path.read_text()) or {}
     name = profile or os.environ.get("DREAMER4_PROFILE") or params.get("profile")
     profiles = params.get("profiles", {})
@@ -54,4 +56,6 @@ def setting(cli_value: Any, params: dict[str, Any], key: str, stage: str) -> Any
         return cli_value
     if key in params:
         return params[key]
-    raise ParamsError(f"{stage}: no value for {key!r}: pass it on the command line or set it in params.yaml")
+    raise ParamsError(
+        f"{stage}: no value for {key!r}: pass it on the command line or set it in params.yaml"
+    )

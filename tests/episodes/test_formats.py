@@ -28,11 +28,25 @@ def test_crafter_recording_round_trip(tmp_raw: Path):
     frames = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     actions = rng.integers(0, 17, n - 1)
     lines = [
-        {"step": t, "action": CRAFTER_ACTIONS[a], "reward": 0.1 * (t % 3), "done": False,
-         "achievements": ["collect_wood"] if t == 4 else [], "inventory": {"wood": t}}
+        {
+            "step": t,
+            "action": CRAFTER_ACTIONS[a],
+            "reward": 0.1 * (t % 3),
+            "done": False,
+            "achievements": ["collect_wood"] if t == 4 else [],
+            "inventory": {"wood": t},
+        }
         for t, a in enumerate(actions)
-    ] + [{"step": n - 1, "action": None, "reward": 0.0, "done": True, "achievements": [],
-          "inventory": {}}]  # fmt: skip
+    ] + [
+        {
+            "step": n - 1,
+            "action": None,
+            "reward": 0.0,
+            "done": True,
+            "achievements": [],
+            "inventory": {},
+        }
+    ]
     write_crafter_episode(tmp_raw, "ep", frames, lines, {"seed": 1})
     ep = read_crafter_episode(tmp_raw / "ep.mp4", tmp_raw / "ep.jsonl", None)
     np.testing.assert_array_equal(ep.frames, frames)

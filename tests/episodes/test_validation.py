@@ -11,13 +11,19 @@ from dreamer4.episodes.validation import episode_table, validate
 
 def sound_steps() -> pd.DataFrame:
     n = 10
-    return pd.DataFrame({
-        "episode": ["a"] * n + ["b"] * n, "step": list(range(n)) * 2, "split": ["train"] * 2 * n,
-        "reward": np.zeros(2 * n, dtype=np.float32), "done": ([False] * (n - 1) + [True]) * 2,
-        "labelled": [True] * 2 * n, "frame_chunk": [0] * 2 * n,
-        "action/crafter": pd.array([1, 2, 3, 4, 5, 6, 7, 8, 9, None] * 2, dtype="Int16"),
-        "action/camera": pd.array([60] * 2 * n, dtype="Int16"),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "episode": ["a"] * n + ["b"] * n,
+            "step": list(range(n)) * 2,
+            "split": ["train"] * 2 * n,
+            "reward": np.zeros(2 * n, dtype=np.float32),
+            "done": ([False] * (n - 1) + [True]) * 2,
+            "labelled": [True] * 2 * n,
+            "frame_chunk": [0] * 2 * n,
+            "action/crafter": pd.array([1, 2, 3, 4, 5, 6, 7, 8, 9, None] * 2, dtype="Int16"),
+            "action/camera": pd.array([60] * 2 * n, dtype="Int16"),
+        }
+    )
 
 
 def run(steps: pd.DataFrame, min_length: int = 2, max_length: int = 100):
@@ -33,18 +39,26 @@ def test_sound_dataset_passes():
     ("corrupt", "expectation"),
     [
         (lambda s: s.assign(step=[0] * 20), "expect_compound_columns_to_be_unique"),
-        (lambda s: s.assign(**{"action/crafter": pd.array([17] * 20, dtype="Int16")}),
-         "expect_column_values_to_be_between {'column': 'action/crafter'"),
-        (lambda s: s.assign(**{"action/camera": pd.array([121] * 20, dtype="Int16")}),
-         "expect_column_values_to_be_between {'column': 'action/camera'"),
-        (lambda s: s.assign(reward=np.full(20, np.inf)),
-         "expect_column_values_to_be_between {'column': 'reward'"),
+        (
+            lambda s: s.assign(**{"action/crafter": pd.array([17] * 20, dtype="Int16")}),
+            "expect_column_values_to_be_between {'column': 'action/crafter'",
+        ),
+        (
+            lambda s: s.assign(**{"action/camera": pd.array([121] * 20, dtype="Int16")}),
+            "expect_column_values_to_be_between {'column': 'action/camera'",
+        ),
+        (
+            lambda s: s.assign(reward=np.full(20, np.inf)),
+            "expect_column_values_to_be_between {'column': 'reward'",
+        ),
         (lambda s: s.assign(reward=np.full(20, np.nan)), "expect_column_values_to_not_be_null"),
         (lambda s: s.assign(split=["test"] * 20), "expect_column_values_to_be_in_set"),
-        (lambda s: s.assign(frame_chunk=pd.array([0] * 19 + [None], dtype="Int32")),
-         "expect_column_pair_values_to_be_equal {'column_A': 'frames', 'column_B': 'actions'"),
+        (
+            lambda s: s.assign(frame_chunk=pd.array([0] * 19 + [None], dtype="Int32")),
+            "expect_column_pair_values_to_be_equal {'column_A': 'frames', 'column_B': 'actions'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_data_fails_and_names_the_expectation(corrupt, expectation):
     report = run(corrupt(sound_steps()))
     assert not report.success

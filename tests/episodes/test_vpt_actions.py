@@ -57,8 +57,11 @@ def test_keys_and_mouse_buttons_map_to_buttons():
     a, null = vpt_actions(lines, "test.jsonl")
     pressed = [{k for k, v in a.items() if k != "camera" and v[t]} for t in range(len(lines))]
     assert pressed == [
-        {"forward", "sneak", "hotbar.3"}, {"attack", "use"}, {"jump", "sprint", "inventory"}, set(),
-    ]  # fmt: skip
+        {"forward", "sneak", "hotbar.3"},
+        {"attack", "use"},
+        {"jump", "sprint", "inventory"},
+        set(),
+    ]
     # ESC is not one of the 20 modelled buttons but is still an action, so not null.
     assert null.tolist() == [False, False, False, False]
 
@@ -110,10 +113,16 @@ def test_task_events_from_stats_counters():
     stats = [
         {},
         {"minecraft.mine_block:minecraft.oak_log": 1},
-        {"minecraft.mine_block:minecraft.oak_log": 2, "minecraft.craft_item:minecraft.oak_planks": 4},
-        {"minecraft.mine_block:minecraft.birch_log": 1, "minecraft.mine_block:minecraft.oak_log": 2,
-         "minecraft.craft_item:minecraft.oak_planks": 4},
-    ]  # fmt: skip
+        {
+            "minecraft.mine_block:minecraft.oak_log": 2,
+            "minecraft.craft_item:minecraft.oak_planks": 4,
+        },
+        {
+            "minecraft.mine_block:minecraft.birch_log": 1,
+            "minecraft.mine_block:minecraft.oak_log": 2,
+            "minecraft.craft_item:minecraft.oak_planks": 4,
+        },
+    ]
     counts = task_counts(stats)
     assert counts["mine_log"].tolist() == [0, 1, 2, 3]
     assert counts["craft_planks"].tolist() == [0, 0, 4, 4]

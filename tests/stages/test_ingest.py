@@ -21,10 +21,27 @@ from tests.conftest import vpt_frames, write_npz_episode
 
 
 def crafter_lines(n: int) -> list[dict]:
-    lines = [{"step": t, "action": CRAFTER_ACTIONS[t % 17], "reward": 0.0, "done": False,
-              "achievements": [], "inventory": {}} for t in range(n - 1)]  # fmt: skip
-    return lines + [{"step": n - 1, "action": None, "reward": 0.0, "done": True,
-                     "achievements": [], "inventory": {}}]  # fmt: skip
+    lines = [
+        {
+            "step": t,
+            "action": CRAFTER_ACTIONS[t % 17],
+            "reward": 0.0,
+            "done": False,
+            "achievements": [],
+            "inventory": {},
+        }
+        for t in range(n - 1)
+    ]
+    return lines + [
+        {
+            "step": n - 1,
+            "action": None,
+            "reward": 0.0,
+            "done": True,
+            "achievements": [],
+            "inventory": {},
+        }
+    ]
 
 
 def make_raw(raw: Path) -> None:
@@ -54,8 +71,11 @@ def make_raw(raw: Path) -> None:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_bad_episodes_are_quarantined_and_good_ones_go_on(tmp_raw: Path, tmp_path: Path):
@@ -70,15 +90,19 @@ def test_bad_episodes_are_quarantined_and_good_ones_go_on(tmp_raw: Path, tmp_pat
     assert "bad-corrupt.mp4: unreadable video" in reasons["bad-corrupt"]
     assert "bad-truncated-video.mp4: unreadable video" in reasons["bad-truncated-video"]
     assert "bad-truncated-jsonl.jsonl: truncated" in reasons["bad-truncated-jsonl"]
-    assert "bad-mismatch.mp4: 18 frames but bad-mismatch.jsonl has 20 lines" in reasons["bad-mismatch"]
+    assert (
+        "bad-mismatch.mp4: 18 frames but bad-mismatch.jsonl has 20 lines" in reasons["bad-mismatch"]
+    )
     assert "bad-novideo.jsonl: no video" in reasons["bad-novideo"]
     assert _digest(tmp_raw) == before, "ingest must not modify or move raw files"
 
     steps = load_steps(out)
     assert set(steps["source"]) == {"crafter", "crafter_npz", "vpt"}
     assert steps.groupby("episode").size().to_dict() == {
-        "good-crafter": 20, "6.13/good-vpt": 12, next(e for e in steps.episode if "ach" in e): 16,
-    }  # fmt: skip
+        "good-crafter": 20,
+        "6.13/good-vpt": 12,
+        next(e for e in steps.episode if "ach" in e): 16,
+    }
     # one column per action component; nulls where a component does not apply
     assert steps["action/crafter"].dtype == "Int16" and steps["action/forward"].dtype == "boolean"
     vpt = steps[steps.source == "vpt"]
@@ -108,8 +132,19 @@ def test_too_short_episodes_are_quarantined(tmp_raw: Path, tmp_path: Path):
 
 def test_cli_with_explicit_paths_and_no_readable_episode(tmp_raw: Path, tmp_path: Path, capsys):
     (tmp_raw / "x.jsonl").write_text('{"action": "noop"}\n')
-    code = main(["ingest", "--params", str(tmp_path / "none.yaml"), "--raw", str(tmp_raw),
-                 "--out", str(tmp_path / "out"), "--resolution", "16"])  # fmt: skip
+    code = main(
+        [
+            "ingest",
+            "--params",
+            str(tmp_path / "none.yaml"),
+            "--raw",
+            str(tmp_raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--resolution",
+            "16",
+        ]
+    )
     assert code == 2
     assert "no readable episodes" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -119,9 +154,8 @@ def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
     make_raw(tmp_raw)
     params = tmp_path / "params.yaml"
     params.write_text(
-        "profile: p\npaths: {raw: %s, episodes: %s}\n"
+        f"profile: p\npaths: {{raw: {tmp_raw}, episodes: {tmp_path / 'ds'}}}\n"
         "profiles: {p: {ingest: {resolution: 8, min_length: 4, eval_fraction: 0.0}}}\n"
-        % (tmp_raw, tmp_path / "ds")
     )
     assert main(["ingest", "--params", str(params)]) == 0
     assert "3 episodes" in capsys.readouterr().out
@@ -132,8 +166,10 @@ def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
 @pytest.mark.parametrize("missing", ["profile", "section"])
 def test_params_errors_name_the_file(tmp_path: Path, capsys, missing):
     params = tmp_path / "params.yaml"
-    body = {"profile": "profile: nope\nprofiles: {p: {}}\n",
-            "section": "profile: p\nprofiles: {p: {collect: {}}}\n"}[missing]  # fmt: skip
+    body = {
+        "profile": "profile: nope\nprofiles: {p: {}}\n",
+        "section": "profile: p\nprofiles: {p: {collect: {}}}\n",
+    }[missing]
     params.write_text(body)
     assert main(["ingest", "--params", str(params)]) == 2
     err = capsys.readouterr().err

@@ -20,7 +20,6 @@ from dreamer4.episodes.actions import CRAFTER_ACTIONS
 assert tuple(crafter.constants.actions) == CRAFTER_ACTIONS, "unexpected Crafter action list"
 
 
-
 class DeterministicCrafter(crafter.Env):
     """`crafter.Env` whose despawn choice no longer depends on object identity."""
 

@@ -44,17 +44,28 @@ def play_episode(env: DeterministicCrafter, player: ScriptedPlayer, record: bool
         out.reward += float(info["reward"])
         if record:
             out.frames.append(obs)
-            out.lines.append({
-                "step": out.length - 1, "action": CRAFTER_ACTIONS[action],
-                "reward": round(float(reward), 6), "done": False, "achievements": unlocked,
-                "inventory": inventory,
-            })  # fmt: skip
+            out.lines.append(
+                {
+                    "step": out.length - 1,
+                    "action": CRAFTER_ACTIONS[action],
+                    "reward": round(float(reward), 6),
+                    "done": False,
+                    "achievements": unlocked,
+                    "inventory": inventory,
+                }
+            )
         obs = next_obs
     if record:
         out.frames.append(obs)
-        out.lines.append({
-            "step": out.length, "action": None, "reward": 0.0, "done": True, "achievements": [],
-            "inventory": {k: int(v) for k, v in env._player.inventory.items()},
-        })  # fmt: skip
+        out.lines.append(
+            {
+                "step": out.length,
+                "action": None,
+                "reward": 0.0,
+                "done": True,
+                "achievements": [],
+                "inventory": {k: int(v) for k, v in env._player.inventory.items()},
+            }
+        )
     out.achievements = {k: int(v) for k, v in counts.items()}
     return out

@@ -16,7 +16,9 @@ from typing import Any
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=100, help="episodes to play (default 100)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--max-steps", type=int, default=10000, help="episode length cap (default 10000)")
+    p.add_argument(
+        "--max-steps", type=int, default=10000, help="episode length cap (default 10000)"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--csv", type=Path, help="also write the table as CSV here")
 
@@ -52,7 +54,9 @@ def player_report(episodes: int, seed: int, max_steps: int = 10000, workers: int
 def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise SystemExit("player-report: --episodes must be at least 1")
-    table, score, mean_length = player_report(args.episodes, args.seed, args.max_steps, args.workers)
+    table, score, mean_length = player_report(
+        args.episodes, args.seed, args.max_steps, args.workers
+    )
     print(table.to_string(index=False, float_format=lambda x: f"{x:6.1f}"))
     print(f"score {score:.1f}  episodes {args.episodes}  mean length {mean_length:.0f}")
     if args.csv:

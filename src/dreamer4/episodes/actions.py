@@ -18,32 +18,79 @@ from typing import Literal
 import numpy as np
 
 CRAFTER_ACTIONS: tuple[str, ...] = (
-    "noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep",
-    "place_stone", "place_table", "place_furnace", "place_plant",
-    "make_wood_pickaxe", "make_stone_pickaxe", "make_iron_pickaxe",
-    "make_wood_sword", "make_stone_sword", "make_iron_sword",
-)  # fmt: skip
+    "noop",
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "do",
+    "sleep",
+    "place_stone",
+    "place_table",
+    "place_furnace",
+    "place_plant",
+    "make_wood_pickaxe",
+    "make_stone_pickaxe",
+    "make_iron_pickaxe",
+    "make_wood_sword",
+    "make_stone_sword",
+    "make_iron_sword",
+)
 CRAFTER_ACHIEVEMENTS: tuple[str, ...] = (
-    "collect_coal", "collect_diamond", "collect_drink", "collect_iron", "collect_sapling",
-    "collect_stone", "collect_wood", "defeat_skeleton", "defeat_zombie", "eat_cow", "eat_plant",
-    "make_iron_pickaxe", "make_iron_sword", "make_stone_pickaxe", "make_stone_sword",
-    "make_wood_pickaxe", "make_wood_sword", "place_furnace", "place_plant", "place_stone",
-    "place_table", "wake_up",
-)  # fmt: skip
+    "collect_coal",
+    "collect_diamond",
+    "collect_drink",
+    "collect_iron",
+    "collect_sapling",
+    "collect_stone",
+    "collect_wood",
+    "defeat_skeleton",
+    "defeat_zombie",
+    "eat_cow",
+    "eat_plant",
+    "make_iron_pickaxe",
+    "make_iron_sword",
+    "make_stone_pickaxe",
+    "make_stone_sword",
+    "make_wood_pickaxe",
+    "make_wood_sword",
+    "place_furnace",
+    "place_plant",
+    "place_stone",
+    "place_table",
+    "wake_up",
+)
 
 VPT_BUTTONS: tuple[str, ...] = (
-    "attack", "back", "forward", "jump", "left", "right", "sneak", "sprint", "use", "drop",
-    "inventory", *(f"hotbar.{i}" for i in range(1, 10)),
-)  # fmt: skip
+    "attack",
+    "back",
+    "forward",
+    "jump",
+    "left",
+    "right",
+    "sneak",
+    "sprint",
+    "use",
+    "drop",
+    "inventory",
+    *(f"hotbar.{i}" for i in range(1, 10)),
+)
 # Keys as the VPT recorder names them → env buttons. ESC and swapHands exist in the env's action
 # space but not in the 20 modelled buttons; they still make an action non-null.
 VPT_KEYS: dict[str, str] = {
-    "key.keyboard.w": "forward", "key.keyboard.s": "back", "key.keyboard.a": "left",
-    "key.keyboard.d": "right", "key.keyboard.space": "jump", "key.keyboard.left.shift": "sneak",
-    "key.keyboard.left.control": "sprint", "key.keyboard.e": "inventory",
-    "key.keyboard.q": "drop", "key.keyboard.f": "swapHands", "key.keyboard.escape": "ESC",
+    "key.keyboard.w": "forward",
+    "key.keyboard.s": "back",
+    "key.keyboard.a": "left",
+    "key.keyboard.d": "right",
+    "key.keyboard.space": "jump",
+    "key.keyboard.left.shift": "sneak",
+    "key.keyboard.left.control": "sprint",
+    "key.keyboard.e": "inventory",
+    "key.keyboard.q": "drop",
+    "key.keyboard.f": "swapHands",
+    "key.keyboard.escape": "ESC",
     **{f"key.keyboard.{i}": f"hotbar.{i}" for i in range(1, 10)},
-}  # fmt: skip
+}
 VPT_MOUSE_BUTTONS: dict[int, str] = {0: "attack", 1: "use", 2: "pickItem"}
 CAMERA_SCALER = 360.0 / 2400.0  # degrees per mouse count (VPT CAMERA_SCALER)
 CAMERA_MAXVAL = 10.0
@@ -75,13 +122,16 @@ VPT_SPACE: tuple[Component, ...] = (
 
 def camera_to_bins(degrees: np.ndarray) -> np.ndarray:
     """Quantise camera degrees per axis with VPT's μ-law scheme into bins 0..10 (5 = still)."""
-    x = np.clip(np.asarray(degrees, dtype=np.float64), -CAMERA_MAXVAL, CAMERA_MAXVAL) / CAMERA_MAXVAL
+    x = (
+        np.clip(np.asarray(degrees, dtype=np.float64), -CAMERA_MAXVAL, CAMERA_MAXVAL)
+        / CAMERA_MAXVAL
+    )
     x = np.sign(x) * np.log1p(CAMERA_MU * np.abs(x)) / np.log1p(CAMERA_MU) * CAMERA_MAXVAL
     return np.round((x + CAMERA_MAXVAL) / CAMERA_BINSIZE).astype(np.int64)
 
 
 def bins_to_camera(bins: np.ndarray) -> np.ndarray:
-    """Inverse of `camera_to_bins`: the bin centre in degrees (±10, ±5.81, ±3.22, ±1.61, ±0.62, 0)."""
+    """Inverse of `camera_to_bins`: bin centres in degrees (±10, ±5.81, ±3.22, ±1.61, ±0.62, 0)."""
     x = (np.asarray(bins, dtype=np.float64) * CAMERA_BINSIZE - CAMERA_MAXVAL) / CAMERA_MAXVAL
     return np.sign(x) * ((1.0 + CAMERA_MU) ** np.abs(x) - 1.0) / CAMERA_MU * CAMERA_MAXVAL
 

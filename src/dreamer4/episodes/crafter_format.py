@@ -30,9 +30,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_crafter_episode(
-    directory: Path, episode_id: str, frames: np.ndarray, lines: list[dict[str, Any]],
+    directory: Path,
+    episode_id: str,
+    frames: np.ndarray,
+    lines: list[dict[str, Any]],
     options: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     """Write one recording; `lines[t]` describes `frames[t]` as in the module docstring."""
     if len(frames) != len(lines):
         raise ValueError(f"{episode_id}: {len(frames)} frames but {len(lines)} lines")
@@ -100,8 +103,13 @@ def read_crafter_episode(
     if len(frames) != n:
         raise EpisodeError(f"{video}: {len(frames)} frames but {jsonl.name} has {n} lines")
     ep = Episode(
-        id=jsonl.stem, source="crafter", frames=np.stack(frames), actions={"crafter": action},
-        labelled=labelled, reward=reward, events=events,
-    )  # fmt: skip
+        id=jsonl.stem,
+        source="crafter",
+        frames=np.stack(frames),
+        actions={"crafter": action},
+        labelled=labelled,
+        reward=reward,
+        events=events,
+    )
     ep.check(str(jsonl))
     return ep

@@ -44,13 +44,19 @@ def read_crafter_npz(path: Path, size: int | None) -> Episode:
     reward[:-1] = arrays["reward"][1:]
     labelled = np.ones(n, dtype=bool)
     labelled[-1] = False
-    counts = {a: arrays[f"achievement_{a}"] for a in CRAFTER_ACHIEVEMENTS if f"achievement_{a}" in arrays}
+    counts = {
+        a: arrays[f"achievement_{a}"] for a in CRAFTER_ACHIEVEMENTS if f"achievement_{a}" in arrays
+    }
     events = {a: np.zeros(n, dtype=bool) for a in CRAFTER_ACHIEVEMENTS}
     events.update(events_from_counts(counts))
     ep = Episode(
-        id=path.stem, source="crafter_npz",
-        frames=np.stack([resize_frame(f, size) for f in image]), actions={"crafter": shifted},
-        labelled=labelled, reward=reward, events=events,
-    )  # fmt: skip
+        id=path.stem,
+        source="crafter_npz",
+        frames=np.stack([resize_frame(f, size) for f in image]),
+        actions={"crafter": shifted},
+        labelled=labelled,
+        reward=reward,
+        events=events,
+    )
     ep.check(str(path))
     return ep

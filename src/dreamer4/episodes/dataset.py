@@ -89,11 +89,17 @@ class DatasetWriter:
             cols[f"event/{name}"] = hits.astype(bool)
         cols["task"] = pd.array(_next_event(ep.events, n), dtype="string")
         self._tables.append(pd.DataFrame(cols))
-        self._episodes.append({
-            "episode": ep.id, "source": ep.source, "split": split, "length": n,
-            "return": float(ep.reward.sum()), "labelled_fraction": float(ep.labelled.mean()),
-            "frame_chunk": self._chunk,
-        })  # fmt: skip
+        self._episodes.append(
+            {
+                "episode": ep.id,
+                "source": ep.source,
+                "split": split,
+                "length": n,
+                "return": float(ep.reward.sum()),
+                "labelled_fraction": float(ep.labelled.mean()),
+                "frame_chunk": self._chunk,
+            }
+        )
         self._pending.append(ep.frames)
         self._pending_n += n
         if self._pending_n >= self.chunk_frames:
@@ -101,7 +107,9 @@ class DatasetWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            np.save(self.out / "frames" / f"chunk-{self._chunk:05d}.npy", np.concatenate(self._pending))
+            np.save(
+                self.out / "frames" / f"chunk-{self._chunk:05d}.npy", np.concatenate(self._pending)
+            )
             self._chunk += 1
             self._pending, self._pending_n = [], 0
 

@@ -70,8 +70,12 @@ def read_raw_episode(raw: RawEpisode, size: int | None) -> Episode:
             raise EpisodeError(f"{video}: video holds no frames")
         n = len(frames)
         ep = Episode(
-            id=raw.id, source="video", frames=np.stack(frames), actions={},
-            labelled=np.zeros(n, dtype=bool), reward=np.zeros(n, dtype=np.float32),
-        )  # fmt: skip
+            id=raw.id,
+            source="video",
+            frames=np.stack(frames),
+            actions={},
+            labelled=np.zeros(n, dtype=bool),
+            reward=np.zeros(n, dtype=np.float32),
+        )
     ep.id = raw.id
     return ep

@@ -43,10 +43,15 @@ def _steps_suite(gx: Any, steps: pd.DataFrame) -> list[Any]:
         for c in ("episode", "step", "split", "reward", "done", "labelled", "frame_chunk")
     ]
     if "action/crafter" in steps:
-        cols.append(e.ExpectColumnValuesToBeBetween(
-            column="action/crafter", min_value=0, max_value=len(CRAFTER_ACTIONS) - 1))
+        cols.append(
+            e.ExpectColumnValuesToBeBetween(
+                column="action/crafter", min_value=0, max_value=len(CRAFTER_ACTIONS) - 1
+            )
+        )
     if "action/camera" in steps:
-        cols.append(e.ExpectColumnValuesToBeBetween(column="action/camera", min_value=0, max_value=120))
+        cols.append(
+            e.ExpectColumnValuesToBeBetween(column="action/camera", min_value=0, max_value=120)
+        )
     return cols
 
 
@@ -56,18 +61,22 @@ def _episodes_suite(gx: Any, min_length: int, max_length: int) -> list[Any]:
         e.ExpectColumnValuesToBeUnique(column="episode"),
         e.ExpectColumnPairValuesToBeEqual(column_A="frames", column_B="actions"),
         e.ExpectColumnPairValuesToBeEqual(column_A="frames", column_B="length"),
-        e.ExpectColumnValuesToBeBetween(column="length", min_value=min_length, max_value=max_length),
+        e.ExpectColumnValuesToBeBetween(
+            column="length", min_value=min_length, max_value=max_length
+        ),
     ]
 
 
 def episode_table(steps: pd.DataFrame) -> pd.DataFrame:
     """Per-episode counts derived from the step index (rows = action records, frames stored)."""
     g = steps.groupby("episode", sort=True)
-    return pd.DataFrame({
-        "length": g["step"].max() + 1,
-        "actions": g.size(),
-        "frames": g["frame_chunk"].count(),
-    }).reset_index()  # fmt: skip
+    return pd.DataFrame(
+        {
+            "length": g["step"].max() + 1,
+            "actions": g.size(),
+            "frames": g["frame_chunk"].count(),
+        }
+    ).reset_index()
 
 
 def validate(

@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 
 from dreamer4.episodes.actions import (
-    CAMERA_NULL_BIN, CAMERA_SCALER, VPT_BUTTONS, VPT_KEYS, VPT_MOUSE_BUTTONS, camera_to_bins,
-)  # fmt: skip
+    CAMERA_NULL_BIN,
+    CAMERA_SCALER,
+    VPT_BUTTONS,
+    VPT_KEYS,
+    VPT_MOUSE_BUTTONS,
+    camera_to_bins,
+)
 from dreamer4.episodes.crafter_format import atomic_write_text, read_jsonl
 from dreamer4.episodes.episode import Episode, EpisodeError, events_from_counts, resize_frame
 from dreamer4.episodes.video import iter_video, write_video
@@ -39,15 +44,24 @@ VPT_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mine_coal": ("mine_block", tuple(f"{p}coal_ore" for p in _ORES)),
     "mine_diamond": ("mine_block", tuple(f"{p}diamond_ore" for p in _ORES)),
     "craft_planks": ("craft_item", ("*_planks",)),
-    **{f"craft_{x}": ("craft_item", (x,)) for x in (
-        "stick", "crafting_table", "furnace", "iron_ingot", "wooden_pickaxe", "stone_pickaxe",
-        "iron_pickaxe")},
+    **{
+        f"craft_{x}": ("craft_item", (x,))
+        for x in (
+            "stick",
+            "crafting_table",
+            "furnace",
+            "iron_ingot",
+            "wooden_pickaxe",
+            "stone_pickaxe",
+            "iron_pickaxe",
+        )
+    },
     "open_crafting_table": ("custom", ("interact_with_crafting_table",)),
     "open_furnace": ("custom", ("interact_with_furnace",)),
     "place_crafting_table": ("use_item", ("crafting_table",)),
     "place_furnace": ("use_item", ("furnace",)),
     **{f"use_{m}_pickaxe": ("use_item", (f"{m}_pickaxe",)) for m in ("wooden", "stone", "iron")},
-}  # fmt: skip
+}
 
 
 def _matches(item: str, patterns: tuple[str, ...]) -> bool:
@@ -67,7 +81,9 @@ def task_counts(stats_per_line: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def vpt_actions(lines: list[dict[str, Any]], path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def vpt_actions(
+    lines: list[dict[str, Any]], path: Path
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Factored actions (`VPT_BUTTONS` bools + joint camera class) and the null-action flags."""
     n = len(lines)
     buttons = {b: np.zeros(n, dtype=bool) for b in VPT_BUTTONS}
@@ -118,35 +134,59 @@ def read_vpt_episode(
         raise EpisodeError(f"{video}: {len(frames)} frames but {jsonl.name} has {len(lines)} lines")
     n = len(lines)
     ep = Episode(
-        id=jsonl.stem, source="vpt", frames=np.stack(frames), actions=actions,
-        labelled=np.ones(n, dtype=bool), reward=np.zeros(n, dtype=np.float32), events=events,
+        id=jsonl.stem,
+        source="vpt",
+        frames=np.stack(frames),
+        actions=actions,
+        labelled=np.ones(n, dtype=bool),
+        reward=np.zeros(n, dtype=np.float32),
+        events=events,
         null_action=null,
-    )  # fmt: skip
+    )
     ep.check(str(jsonl))
     return ep
 
 
 def vpt_line(
-    buttons: set[str], camera_deg: tuple[float, float] = (0.0, 0.0), hotbar: int = 0,
-    stats: dict[str, int] | None = None, gui: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    buttons: set[str],
+    camera_deg: tuple[float, float] = (0.0, 0.0),
+    hotbar: int = 0,
+    stats: dict[str, int] | None = None,
+    gui: bool = False,
+) -> dict[str, Any]:
     """A JSON line in the contractor format for the given env action (the inverse mapping)."""
     key_of = {button: key for key, button in VPT_KEYS.items()}
     mouse_of = {button: code for code, button in VPT_MOUSE_BUTTONS.items()}
     return {
         "mouse": {
-            "x": 640.0, "y": 360.0, "dx": camera_deg[1] / CAMERA_SCALER,
-            "dy": camera_deg[0] / CAMERA_SCALER, "scaledX": 0.0, "scaledY": 0.0, "dwheel": 0.0,
-            "buttons": sorted(mouse_of[b] for b in buttons if b in mouse_of), "newButtons": [],
+            "x": 640.0,
+            "y": 360.0,
+            "dx": camera_deg[1] / CAMERA_SCALER,
+            "dy": camera_deg[0] / CAMERA_SCALER,
+            "scaledX": 0.0,
+            "scaledY": 0.0,
+            "dwheel": 0.0,
+            "buttons": sorted(mouse_of[b] for b in buttons if b in mouse_of),
+            "newButtons": [],
         },
         "keyboard": {
             "keys": sorted(key_of[b] for b in buttons if b in key_of and b not in mouse_of),
-            "newKeys": [], "chars": "",
+            "newKeys": [],
+            "chars": "",
         },
-        "isGuiOpen": gui, "isGuiInventory": gui and "inventory" in buttons, "hotbar": hotbar,
-        "yaw": 0.0, "pitch": 0.0, "xpos": 0.0, "ypos": 64.0, "zpos": 0.0, "tick": 0,
-        "milli": 0, "inventory": [], "stats": dict(stats or {}),
-    }  # fmt: skip
+        "isGuiOpen": gui,
+        "isGuiInventory": gui and "inventory" in buttons,
+        "hotbar": hotbar,
+        "yaw": 0.0,
+        "pitch": 0.0,
+        "xpos": 0.0,
+        "ypos": 64.0,
+        "zpos": 0.0,
+        "tick": 0,
+        "milli": 0,
+        "inventory": [],
+        "stats": dict(stats or {}),
+    }
 
 
 def write_vpt_episode(

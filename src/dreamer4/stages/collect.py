@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="collection processes")
 
 
-def episode_plan(seed: int, episodes: int, skill: float | None, skills: list[float],
-                 weights: list[float]) -> list[dict[str, Any]]:  # fmt: skip
+def episode_plan(
+    seed: int, episodes: int, skill: float | None, skills: list[float], weights: list[float]
+) -> list[dict[str, Any]]:
     """Per episode: id, world seed, player seed and skill, from (seed, index) alone."""
     from dreamer4.envs.crafter_env import episode_seed
 
@@ -44,11 +45,20 @@ def episode_plan(seed: int, episodes: int, skill: float | None, skills: list[flo
     plan = []
     for i in range(episodes):
         rng = np.random.default_rng([seed, i, 1])
-        s = float(skill) if skill is not None else float(skills[rng.choice(len(skills), p=p / p.sum())])
-        plan.append({
-            "id": f"crafter-s{seed}-{i:05d}", "index": i, "world_seed": episode_seed(seed, i),
-            "player_seed": int(rng.integers(2**31 - 1)), "skill": s,
-        })  # fmt: skip
+        s = (
+            float(skill)
+            if skill is not None
+            else float(skills[rng.choice(len(skills), p=p / p.sum())])
+        )
+        plan.append(
+            {
+                "id": f"crafter-s{seed}-{i:05d}",
+                "index": i,
+                "world_seed": episode_seed(seed, i),
+                "player_seed": int(rng.integers(2**31 - 1)),
+                "skill": s,
+            }
+        )
     return plan
 
 
@@ -65,16 +75,29 @@ def _record(job: dict[str, Any]) -> dict[str, Any]:
     env = _ENV["env"]
     reseed(env, job["world_seed"])
     played = play_episode(env, ScriptedPlayer(job["skill"], job["player_seed"]), record=True)
-    options = {k: job[k] for k in ("id", "index", "world_seed", "player_seed", "skill", "max_steps",
-                                   "size", "seed")}  # fmt: skip
+    options = {
+        k: job[k]
+        for k in ("id", "index", "world_seed", "player_seed", "skill", "max_steps", "size", "seed")
+    }
     options.update(env="crafter", crafter_version="1.8.3", player="scripted", fps=20)
-    write_crafter_episode(Path(job["out"]), job["id"], np.stack(played.frames), played.lines, options)
+    write_crafter_episode(
+        Path(job["out"]), job["id"], np.stack(played.frames), played.lines, options
+    )
     return stats_line(played.length, played.reward, played.achievements)
 
 
-def collect(out: Path, episodes: int, seed: int, max_steps: int, size: int, workers: int,
-            skill: float | None = None, skills: list[float] | None = None,
-            weights: list[float] | None = None, env: str = "crafter") -> list[dict[str, Any]]:  # fmt: skip
+def collect(
+    out: Path,
+    episodes: int,
+    seed: int,
+    max_steps: int,
+    size: int,
+    workers: int,
+    skill: float | None = None,
+    skills: list[float] | None = None,
+    weights: list[float] | None = None,
+    env: str = "crafter",
+) -> list[dict[str, Any]]:
     """Record `episodes` episodes into `out`; returns the stats.jsonl lines in episode order."""
     import json
 
@@ -91,7 +114,9 @@ def collect(out: Path, episodes: int, seed: int, max_steps: int, size: int, work
         raise ParamsError(f"collect: --skill must be in [0, 1], got {skill}")
     out.mkdir(parents=True, exist_ok=True)
     plan = episode_plan(seed, episodes, skill, skills or [1.0], weights or [1.0])
-    jobs = [{**p, "out": str(out), "max_steps": max_steps, "size": size, "seed": seed} for p in plan]
+    jobs = [
+        {**p, "out": str(out), "max_steps": max_steps, "size": size, "seed": seed} for p in plan
+    ]
     stats: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), desc="collect", unit="episode")
     if workers <= 1:
@@ -118,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
         max_steps=setting(args.max_steps, prm, "max_steps", "collect"),
         size=setting(args.size, prm, "size", "collect"),
         workers=args.workers or prm.get("workers", 1),
-        skill=args.skill, skills=prm.get("skills"), weights=prm.get("skill_weights"),
+        skill=args.skill,
+        skills=prm.get("skills"),
+        weights=prm.get("skill_weights"),
         env=prm.get("env", "crafter"),
-    )  # fmt: skip
+    )
     steps = sum(s["length"] for s in stats)
     print(f"collect: {len(stats)} episodes, {steps} steps → {out}")
     return 0

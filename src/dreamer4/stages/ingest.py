@@ -34,9 +34,15 @@ class ValidationFailed(StageError):
     """The dataset suites failed: a bug or a kind of bad data no per-episode check caught."""
 
 
-def ingest(raw: Path, out: Path, resolution: int, chunk_frames: int = 4096,
-           eval_fraction: float = 0.1, min_length: int = 2,
-           max_length: int = 1_000_000) -> dict[str, Any]:  # fmt: skip
+def ingest(
+    raw: Path,
+    out: Path,
+    resolution: int,
+    chunk_frames: int = 4096,
+    eval_fraction: float = 0.1,
+    min_length: int = 2,
+    max_length: int = 1_000_000,
+) -> dict[str, Any]:
     """Build the dataset at `out`; returns the summary also written to `dataset.json`."""
     from tqdm import tqdm
 
@@ -75,17 +81,23 @@ def ingest(raw: Path, out: Path, resolution: int, chunk_frames: int = 4096,
             raise ValidationFailed("dataset suites failed:\n  " + "\n  ".join(report.failures))
         steps.to_parquet(tmp / "steps.parquet", index=False)
         episodes.to_parquet(tmp / "episodes.parquet", index=False)
-        write_json(tmp / "quarantine.json", {"raw": str(raw), "count": len(quarantined),
-                                             "episodes": quarantined})  # fmt: skip
+        write_json(
+            tmp / "quarantine.json",
+            {"raw": str(raw), "count": len(quarantined), "episodes": quarantined},
+        )
         summary = {
-            "raw": str(raw), "resolution": resolution, "episodes": int(len(episodes)),
-            "steps": int(len(steps)), "quarantined": len(quarantined),
+            "raw": str(raw),
+            "resolution": resolution,
+            "episodes": int(len(episodes)),
+            "steps": int(len(steps)),
+            "quarantined": len(quarantined),
             "splits": {k: int(v) for k, v in episodes["split"].value_counts().sort_index().items()},
             "sources": sorted(episodes["source"].unique().tolist()),
             "action_columns": [c for c in steps.columns if c.startswith("action/")],
             "event_columns": [c for c in steps.columns if c.startswith("event/")],
-            "chunks": int(steps["frame_chunk"].max()) + 1, "validation": report.to_dict(),
-        }  # fmt: skip
+            "chunks": int(steps["frame_chunk"].max()) + 1,
+            "validation": report.to_dict(),
+        }
         write_json(tmp / "dataset.json", summary)
         if out.exists():
             shutil.rmtree(out)
@@ -99,18 +111,19 @@ def ingest(raw: Path, out: Path, resolution: int, chunk_frames: int = 4096,
 
 def run(args: argparse.Namespace) -> int:
     prm = section(args.params, args.profile, "ingest")
+    out = Path(setting(args.out, prm["paths"], "episodes", "ingest"))
+    fraction = args.eval_fraction if args.eval_fraction is not None else prm.get("eval_fraction")
     summary = ingest(
         raw=Path(setting(args.raw, prm["paths"], "raw", "ingest")),
-        out=Path(setting(args.out, prm["paths"], "episodes", "ingest")),
+        out=out,
         resolution=setting(args.resolution, prm, "resolution", "ingest"),
         chunk_frames=prm.get("chunk_frames", 4096),
-        eval_fraction=args.eval_fraction if args.eval_fraction is not None
-        else prm.get("eval_fraction", 0.1),
+        eval_fraction=0.1 if fraction is None else fraction,
         min_length=prm.get("min_length", 2),
         max_length=prm.get("max_length", 1_000_000),
-    )  # fmt: skip
+    )
     print(
-        f"ingest: {summary['episodes']} episodes, {summary['steps']} steps "
-        f"({summary['splits']}), {summary['quarantined']} quarantined → {args.out or prm['paths'].get('episodes')}"
+        f"ingest: {summary['episodes']} episodes, {summary['steps']} steps {summary['splits']}, "
+        f"{summary['quarantined']} quarantined → {out}"
     )
     return 0

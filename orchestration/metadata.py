@@ -1,0 +1,57 @@
+"""What the Dagster UI shows about a materialized asset, read from the stage's outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+
+def raw_episodes(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    folder = root / outs[0]
+    stats = [json.loads(line) for line in (folder / "stats.jsonl").read_text().splitlines()]
+    skills = [json.loads(p.read_text()).get("skill") for p in sorted(folder.glob("*-options.json"))]
+    achievements = sorted({k for s in stats for k in s if k.startswith("achievement_")})
+    rates = {
+        k.removeprefix("achievement_"): 100.0 * sum(s[k] > 0 for s in stats) / len(stats)
+        for k in achievements
+    }
+    return {
+        "episodes": len(stats),
+        "steps": sum(s["length"] for s in stats),
+        "skills": dg.MetadataValue.json({str(k): skills.count(k) for k in sorted(set(skills))}),
+        "success_rate_%": dg.MetadataValue.json({k: round(v, 1) for k, v in rates.items()}),
+    }
+
+
+def episode_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    folder = root / outs[0]
+    summary = json.loads((folder / "dataset.json").read_text())
+    quarantine = json.loads((folder / "quarantine.json").read_text())
+    rows = "\n".join(f"| {q['episode']} | {q['reason']} |" for q in quarantine["episodes"])
+    return {
+        "episodes": summary["episodes"],
+        "steps": summary["steps"],
+        "resolution": summary["resolution"],
+        "splits": dg.MetadataValue.json(summary["splits"]),
+        "sources": dg.MetadataValue.json(summary["sources"]),
+        "quarantined": quarantine["count"],
+        "quarantine": dg.MetadataValue.md(
+            "| episode | reason |\n|---|---|\n" + rows if rows else "none"
+        ),
+    }
+
+
+METADATA: dict[str, Callable[[Path, tuple[str, ...]], dict[str, Any]]] = {
+    "raw_episodes": raw_episodes,
+    "episode_dataset": episode_dataset,
+}
+
+
+def stage_metadata(asset: str, root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Asset-specific metadata; none for assets without a reader here."""
+    fn = METADATA.get(asset)
+    return fn(root, outs) if fn else {}

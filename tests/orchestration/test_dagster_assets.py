@@ -1,0 +1,82 @@
+"""Dagster: assets come from dvc.yaml, materialize through DVC in-process, and run the GX check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from orchestration.definitions import build_definitions
+from orchestration.dvc_graph import read_stages
+from tests.conftest import REPO, make_dvc_repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dvc_repo(tmp_path_factory.mktemp("dagster") / "repo", episodes=2, max_steps=40)
+
+
+def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {
+        e.materialization.asset_key.path[-1]: e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_graph_is_read_from_dvc_yaml():
+    stages = {s.asset: s for s in read_stages(REPO)}
+    assert list(stages) == ["raw_episodes", "episode_dataset"]
+    assert stages["episode_dataset"].upstream == ("raw_episodes",)
+    assert stages["raw_episodes"].upstream == ()
+    assert stages["episode_dataset"].outs == ("data/episodes",)
+    assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
+
+
+def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
+    defs = build_definitions(repo)
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("episode_dataset")).parent_keys == {dg.AssetKey("raw_episodes")}
+    job = defs.resolve_implicit_global_asset_job_def()
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = job.execute_in_process(instance=instance)
+    assert result.success
+    mats = materializations(result)
+    assert mats["raw_episodes"]["dvc_ran"].value is True
+    assert mats["raw_episodes"]["episodes"].value == 2
+    assert mats["episode_dataset"]["episodes"].value == 2
+    assert mats["episode_dataset"]["quarantined"].value == 0
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "episode_dataset_suite" and check.passed
+    assert check.metadata["expectations"].value >= 14
+
+    again = job.execute_in_process(instance=instance)
+    mats = materializations(again)
+    assert mats["raw_episodes"]["dvc_status"].value == "up to date, skipped"
+    assert mats["episode_dataset"]["dvc_ran"].value is False
+
+
+def test_check_fails_on_a_corrupted_step_index(repo: Path, tmp_path: Path):
+    defs = build_definitions(repo)
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process().success  # both up to date (or rebuilt)
+    steps_file = repo / "data/episodes/steps.parquet"
+    original = steps_file.read_bytes()
+    try:
+        steps = pd.read_parquet(steps_file)
+        steps.loc[0, "reward"] = float("inf")
+        steps.to_parquet(steps_file, index=False)
+        result = dg.materialize(
+            [a for a in defs.assets if a.key.path[-1] == "episode_dataset"]
+            + list(defs.asset_checks),
+            resources=defs.resources,
+            selection=dg.AssetSelection.checks_for_assets("episode_dataset"),
+            raise_on_error=False,
+        )
+        [check] = result.get_asset_check_evaluations()
+        assert not check.passed
+        assert "reward" in check.metadata["failures"].value
+    finally:
+        steps_file.write_bytes(original)
