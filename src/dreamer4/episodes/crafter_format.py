@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS, CRAFTER_ACTIONS
-from dreamer4.episodes.episode import Episode, EpisodeError, resize_frame
-from dreamer4.episodes.video import iter_video, write_video
+from dreamer4.episodes.episode import Episode, EpisodeError
+from dreamer4.episodes.video import read_video, write_video
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -99,13 +99,10 @@ def read_crafter_episode(
             if ach not in events:
                 raise EpisodeError(f"{jsonl}: line {t + 1} has unknown achievement {ach!r}")
             events[ach][t] = True
-    frames = [resize_frame(f, size) for f in iter_video(video)]
-    if len(frames) != n:
-        raise EpisodeError(f"{video}: {len(frames)} frames but {jsonl.name} has {n} lines")
     ep = Episode(
         id=jsonl.stem,
         source="crafter",
-        frames=np.stack(frames),
+        frames=read_video(video, size, n, jsonl.name),
         actions={"crafter": action},
         labelled=labelled,
         reward=reward,

@@ -15,8 +15,8 @@ import numpy as np
 
 from dreamer4.episodes.crafter_format import read_crafter_episode, read_jsonl
 from dreamer4.episodes.crafter_npz import read_crafter_npz
-from dreamer4.episodes.episode import Episode, EpisodeError, resize_frame
-from dreamer4.episodes.video import iter_video
+from dreamer4.episodes.episode import Episode, EpisodeError
+from dreamer4.episodes.video import read_video
 from dreamer4.episodes.vpt import read_vpt_episode
 
 NOT_EPISODES = {"stats.jsonl"}
@@ -64,15 +64,12 @@ def read_raw_episode(raw: RawEpisode, size: int | None) -> Episode:
         else:
             raise EpisodeError(f"{jsonl}: line 1 is neither a Crafter nor a VPT action")
     else:
-        video = by_suffix[".mp4"]
-        frames = [resize_frame(f, size) for f in iter_video(video)]
-        if not frames:
-            raise EpisodeError(f"{video}: video holds no frames")
+        frames = read_video(by_suffix[".mp4"], size)
         n = len(frames)
         ep = Episode(
             id=raw.id,
             source="video",
-            frames=np.stack(frames),
+            frames=frames,
             actions={},
             labelled=np.zeros(n, dtype=bool),
             reward=np.zeros(n, dtype=np.float32),

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dreamer4.episodes.episode import EpisodeError
+from dreamer4.episodes.episode import EpisodeError, resize_frame
 
 
 class VideoError(EpisodeError):
@@ -54,9 +54,17 @@ def iter_video(path: Path) -> Iterator[np.ndarray]:
         raise VideoError(f"{path}: unreadable video ({err})") from err
 
 
-def read_video(path: Path) -> np.ndarray:
-    """All frames of a video as (T, H, W, 3) uint8."""
-    frames = list(iter_video(path))
+def read_video(
+    path: Path, size: int | None = None, expected: int | None = None, labels: str = "labels"
+) -> np.ndarray:
+    """All frames as (T, H, W, 3) uint8, resized to `size`×`size` (None keeps them).
+
+    With `expected`, a frame count that differs (a truncated or mismatched recording) raises
+    `EpisodeError` naming the video and the `labels` file it was checked against.
+    """
+    frames = [resize_frame(f, size) for f in iter_video(path)]
     if not frames:
         raise VideoError(f"{path}: video holds no frames")
+    if expected is not None and len(frames) != expected:
+        raise EpisodeError(f"{path}: {len(frames)} frames but {labels} has {expected} lines")
     return np.stack(frames)

@@ -32,8 +32,8 @@ from dreamer4.episodes.actions import (
     camera_to_bins,
 )
 from dreamer4.episodes.crafter_format import atomic_write_text, read_jsonl
-from dreamer4.episodes.episode import Episode, EpisodeError, events_from_counts, resize_frame
-from dreamer4.episodes.video import iter_video, write_video
+from dreamer4.episodes.episode import Episode, EpisodeError, events_from_counts
+from dreamer4.episodes.video import read_video, write_video
 
 _ORES = ("", "deepslate_")
 # task -> (stat category, items counted)
@@ -129,14 +129,11 @@ def read_vpt_episode(
     lines = read_jsonl(jsonl) if lines is None else lines
     actions, null = vpt_actions(lines, jsonl)
     events = events_from_counts(task_counts([line.get("stats") or {} for line in lines]))
-    frames = [resize_frame(f, size) for f in iter_video(video)]
-    if len(frames) != len(lines):
-        raise EpisodeError(f"{video}: {len(frames)} frames but {jsonl.name} has {len(lines)} lines")
     n = len(lines)
     ep = Episode(
         id=jsonl.stem,
         source="vpt",
-        frames=np.stack(frames),
+        frames=read_video(video, size, n, jsonl.name),
         actions=actions,
         labelled=np.ones(n, dtype=bool),
         reward=np.zeros(n, dtype=np.float32),
