@@ -32,17 +32,14 @@ def split_of(episode_id: str, eval_fraction: float) -> str:
     return "eval" if h < eval_fraction else "train"
 
 
-def _next_event(events: dict[str, np.ndarray], n: int) -> list[str | None]:
+def _next_event(events: dict[str, np.ndarray], n: int) -> pd.Series:
     """Per row, the name of the next event at or after it (the task the episode is on)."""
-    out: list[str | None] = [None] * n
-    upcoming: str | None = None
     names = sorted(events)
-    for t in range(n - 1, -1, -1):
-        hit = [name for name in names if events[name][t]]
-        if hit:
-            upcoming = hit[0]
-        out[t] = upcoming
-    return out
+    if not names:
+        return pd.Series(pd.NA, index=range(n), dtype="string")
+    hits = np.stack([events[name] for name in names], axis=1)
+    first = pd.Series(np.asarray(names, dtype=object)[hits.argmax(axis=1)], dtype="string")
+    return first.where(hits.any(axis=1)).bfill()
 
 
 class DatasetWriter:
@@ -87,7 +84,7 @@ class DatasetWriter:
             cols["null_action"] = ep.null_action.astype(bool)
         for name, hits in ep.events.items():
             cols[f"event/{name}"] = hits.astype(bool)
-        cols["task"] = pd.array(_next_event(ep.events, n), dtype="string")
+        cols["task"] = _next_event(ep.events, n).array
         self._tables.append(pd.DataFrame(cols))
         self._episodes.append(
             {
