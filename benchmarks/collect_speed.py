@@ -23,18 +23,20 @@ from dreamer4.stages.collect import collect
 from dreamer4.stages.ingest import ingest
 
 
-def env_only(render: bool, steps: int) -> float:
+def env_only(render: bool, steps: int) -> tuple[float, float]:
+    """(steps/s excluding resets, seconds per reset) with random actions."""
     env = make_env(episode_seed(0, 0), render=render, length=10**9)
-    env.reset()
     rng = np.random.default_rng(0)
-    actions = rng.integers(0, 17, steps)
-    start, done_steps = time.perf_counter(), 0
-    for a in actions:
-        _, _, done, _ = env.step(int(a))
-        done_steps += 1
+    step_s, reset_s, resets, done = 0.0, 0.0, 0, True
+    for a in rng.integers(0, 17, steps):
         if done:
+            t = time.perf_counter()
             env.reset()
-    return done_steps / (time.perf_counter() - start)
+            reset_s, resets = reset_s + time.perf_counter() - t, resets + 1
+        t = time.perf_counter()
+        _, _, done, _ = env.step(int(a))
+        step_s += time.perf_counter() - t
+    return steps / step_s, reset_s / resets
 
 
 def with_player(render: bool, episodes: int, max_steps: int) -> tuple[float, float]:
@@ -64,8 +66,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=1000)
     args = parser.parse_args()
-    print(f"crafter step, random actions, render:     {env_only(True, 3000):8.0f} steps/s")
-    print(f"crafter step, random actions, no render:  {env_only(False, 3000):8.0f} steps/s")
+    for render in (True, False):
+        rate, reset = env_only(render, 3000)
+        label = "render" if render else "no render"
+        print(f"crafter step, random actions, {label:10s} {rate:8.0f} steps/s  reset {reset:.2f} s")
     rate, act_ms = with_player(True, args.episodes, args.max_steps)
     print(f"scripted player + render (no files):      {rate:8.0f} steps/s  act {act_ms:.2f} ms")
     rate, act_ms = with_player(False, args.episodes, args.max_steps)
