@@ -23,8 +23,12 @@ class DvcRepo(dg.ConfigurableResource):
 
     root: str
 
-    def repro(self, stage: str, log: dg.DagsterLogManager) -> tuple[bool, str]:
-        """Run `dvc repro --single-item stage`; (ran, output). Raises on failure with the output."""
+    def repro(self, stage: str, log: dg.DagsterLogManager) -> str:
+        """Run `dvc repro --single-item stage`; its status. Raises on failure with the output.
+
+        Status: "ran", "up to date, skipped" or "restored from run cache" (DVC had run these
+        exact deps and params before and checked the outputs out of its cache).
+        """
         proc = subprocess.run(
             ["dvc", "repro", "--single-item", stage],
             cwd=self.root,
@@ -40,8 +44,11 @@ class DvcRepo(dg.ConfigurableResource):
                 description=f"dvc repro {stage} failed (exit {proc.returncode})",
                 metadata={"output": dg.MetadataValue.text(proc.stdout[-5000:])},
             )
-        skipped = f"Stage '{stage}' didn't change, skipping" in proc.stdout
-        return not skipped, proc.stdout
+        if f"Stage '{stage}' didn't change, skipping" in proc.stdout:
+            return "up to date, skipped"
+        if f"Stage '{stage}' is cached - skipping run" in proc.stdout:
+            return "restored from run cache"
+        return "ran"
 
     def lock_hash(self, stage: str) -> str | None:
         """The md5 DVC recorded for the stage's first out (the asset's data version)."""
@@ -64,9 +71,9 @@ def _asset(stage: Stage) -> dg.AssetsDefinition:
         metadata={"dvc_stage": stage.name, "outs": list(stage.outs), "params": list(stage.params)},
     )
     def materialize_stage(context: dg.AssetExecutionContext, dvc: DvcRepo) -> dg.MaterializeResult:
-        ran, _ = dvc.repro(stage.name, context.log)
+        status = dvc.repro(stage.name, context.log)
         md5 = dvc.lock_hash(stage.name)
-        metadata = {"dvc_ran": ran, "dvc_status": "ran" if ran else "up to date, skipped"}
+        metadata = {"dvc_ran": status == "ran", "dvc_status": status}
         metadata.update(stage_metadata(stage.asset, Path(dvc.root), stage.outs))
         return dg.MaterializeResult(
             metadata=metadata, data_version=dg.DataVersion(md5) if md5 else None

@@ -44,6 +44,29 @@ def vpt_frames(n: int, seed: int, h: int = 36, w: int = 64) -> np.ndarray:
     return np.stack([(base + rng.integers(0, 50, (h, w, 3))).astype(np.uint8) for _ in range(n)])
 
 
+def crafter_lines(
+    actions: list[int], rewards: list[float] | None = None, unlocked: dict[int, str] | None = None
+) -> list[dict]:
+    """JSON lines of our Crafter format for these actions, plus the terminal frame's line."""
+    from dreamer4.episodes.actions import CRAFTER_ACTIONS
+
+    rewards = rewards or [0.0] * len(actions)
+    unlocked = unlocked or {}
+    lines = [
+        {
+            "step": t,
+            "action": CRAFTER_ACTIONS[a],
+            "reward": rewards[t],
+            "done": False,
+            "achievements": [unlocked[t]] if t in unlocked else [],
+            "inventory": {"wood": t},
+        }
+        for t, a in enumerate(actions)
+    ]
+    end = {"step": len(actions), "action": None, "reward": 0.0, "done": True, "achievements": []}
+    return [*lines, {**end, "inventory": {}}]
+
+
 @pytest.fixture
 def tmp_raw(tmp_path: Path) -> Path:
     raw = tmp_path / "raw"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamer4.episodes.actions import CRAFTER_ACTIONS, VPT_BUTTONS, camera_class
+from dreamer4.episodes.actions import VPT_BUTTONS, camera_class
 from dreamer4.episodes.crafter_format import read_crafter_episode, write_crafter_episode
 from dreamer4.episodes.crafter_npz import read_crafter_npz
 from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
 from dreamer4.episodes.video import read_video, write_video
 from dreamer4.episodes.vpt import read_vpt_episode, vpt_line, write_vpt_episode
-from tests.conftest import vpt_frames, write_npz_episode
+from tests.conftest import crafter_lines, vpt_frames, write_npz_episode
 
 
 def test_video_is_bit_exact(tmp_path: Path):
@@ -27,26 +27,8 @@ def test_crafter_recording_round_trip(tmp_raw: Path):
     n = 12
     frames = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     actions = rng.integers(0, 17, n - 1)
-    lines = [
-        {
-            "step": t,
-            "action": CRAFTER_ACTIONS[a],
-            "reward": 0.1 * (t % 3),
-            "done": False,
-            "achievements": ["collect_wood"] if t == 4 else [],
-            "inventory": {"wood": t},
-        }
-        for t, a in enumerate(actions)
-    ] + [
-        {
-            "step": n - 1,
-            "action": None,
-            "reward": 0.0,
-            "done": True,
-            "achievements": [],
-            "inventory": {},
-        }
-    ]
+    rewards = [0.1 * (t % 3) for t in range(n - 1)]
+    lines = crafter_lines(actions.tolist(), rewards, {4: "collect_wood"})
     write_crafter_episode(tmp_raw, "ep", frames, lines, {"seed": 1})
     ep = read_crafter_episode(tmp_raw / "ep.mp4", tmp_raw / "ep.jsonl", None)
     np.testing.assert_array_equal(ep.frames, frames)

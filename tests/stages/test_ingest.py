@@ -11,62 +11,41 @@ import pandas as pd
 import pytest
 
 from dreamer4.cli import main
-from dreamer4.episodes.actions import CRAFTER_ACTIONS
 from dreamer4.episodes.crafter_format import write_crafter_episode
 from dreamer4.episodes.dataset import load_chunk, load_steps
 from dreamer4.episodes.video import write_video
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from dreamer4.stages.ingest import ingest
-from tests.conftest import vpt_frames, write_npz_episode
+from tests.conftest import crafter_lines, vpt_frames, write_npz_episode
 
 
-def crafter_lines(n: int) -> list[dict]:
-    lines = [
-        {
-            "step": t,
-            "action": CRAFTER_ACTIONS[t % 17],
-            "reward": 0.0,
-            "done": False,
-            "achievements": [],
-            "inventory": {},
-        }
-        for t in range(n - 1)
-    ]
-    return lines + [
-        {
-            "step": n - 1,
-            "action": None,
-            "reward": 0.0,
-            "done": True,
-            "achievements": [],
-            "inventory": {},
-        }
-    ]
+def lines(n: int) -> list[dict]:
+    return crafter_lines([t % 17 for t in range(n - 1)])
 
 
 def make_raw(raw: Path) -> None:
     """Three good episodes (one per format) and one bad episode of each kind."""
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
-    write_crafter_episode(raw, "good-crafter", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "good-crafter", frames, lines(20), {})
     write_npz_episode(raw, seed=5, length=15)
     write_vpt_episode(raw, "6.13/good-vpt", vpt_frames(12, 1), [vpt_line({"forward"})] * 12)
     # corrupt mp4: not a video at all
-    write_crafter_episode(raw, "bad-corrupt", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "bad-corrupt", frames, lines(20), {})
     (raw / "bad-corrupt.mp4").write_bytes(b"\x00not an mp4\x00" * 50)
     # truncated mp4: the recording stopped half way
-    write_crafter_episode(raw, "bad-truncated-video", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "bad-truncated-video", frames, lines(20), {})
     data = (raw / "bad-truncated-video.mp4").read_bytes()
     (raw / "bad-truncated-video.mp4").write_bytes(data[: len(data) // 2])
     # truncated jsonl: cut in the middle of a line
-    write_crafter_episode(raw, "bad-truncated-jsonl", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "bad-truncated-jsonl", frames, lines(20), {})
     text = (raw / "bad-truncated-jsonl.jsonl").read_text()
     (raw / "bad-truncated-jsonl.jsonl").write_text(text[: len(text) - 30])
     # length mismatch: 18 frames, 20 lines
-    write_crafter_episode(raw, "bad-mismatch", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "bad-mismatch", frames, lines(20), {})
     write_video(raw / "bad-mismatch.mp4", frames[:18])
     # actions without video
-    write_crafter_episode(raw, "bad-novideo", frames, crafter_lines(20), {})
+    write_crafter_episode(raw, "bad-novideo", frames, lines(20), {})
     (raw / "bad-novideo.mp4").unlink()
 
 
