@@ -14,10 +14,12 @@ export DAGSTER_HOME ?= $(abspath .dagster_home)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every transitive dependency to the versions tested together
+# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==26.3
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip check
 	touch $@
 

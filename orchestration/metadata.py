@@ -11,20 +11,28 @@ import dagster as dg
 
 
 def raw_episodes(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    from dreamer4.episodes.readers import find_raw_episodes
+
     folder = root / outs[0]
-    stats = [json.loads(line) for line in (folder / "stats.jsonl").read_text().splitlines()]
-    skills = [json.loads(p.read_text()).get("skill") for p in sorted(folder.glob("*-options.json"))]
-    achievements = sorted({k for s in stats for k in s if k.startswith("achievement_")})
-    rates = {
-        k.removeprefix("achievement_"): 100.0 * sum(s[k] > 0 for s in stats) / len(stats)
-        for k in achievements
-    }
-    return {
-        "episodes": len(stats),
-        "steps": sum(s["length"] for s in stats),
-        "skills": dg.MetadataValue.json({str(k): skills.count(k) for k in sorted(set(skills))}),
-        "success_rate_%": dg.MetadataValue.json({k: round(v, 1) for k, v in rates.items()}),
-    }
+    meta: dict[str, Any] = {"episodes": len(find_raw_episodes(folder))}
+    stats_file = folder / "stats.jsonl"  # Crafter recordings only; imported VPT has none
+    if stats_file.exists():
+        stats = [json.loads(line) for line in stats_file.read_text().splitlines()]
+        options = sorted(folder.glob("*-options.json"))
+        skills = [json.loads(p.read_text()).get("skill") for p in options]
+        keys = sorted({k for s in stats for k in s if k.startswith("achievement_")})
+        rates = {
+            k.removeprefix("achievement_"): round(
+                100.0 * sum(s[k] > 0 for s in stats) / len(stats), 1
+            )
+            for k in keys
+        }
+        meta["steps"] = sum(s["length"] for s in stats)
+        meta["skills"] = dg.MetadataValue.json(
+            {str(k): skills.count(k) for k in sorted(set(skills))}
+        )
+        meta["success_rate_%"] = dg.MetadataValue.json(rates)
+    return meta
 
 
 def episode_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:

@@ -15,11 +15,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-def write_npz_episode(directory: Path, seed: int, length: int) -> list[int]:
+def write_npz_episode(directory: Path, seed: int, length: int, skill: float = 0.0) -> list[int]:
     """One episode recorded by Crafter's own `crafter.Recorder`; returns the actions taken."""
     import crafter
 
     from dreamer4.envs.crafter_env import make_env
+    from dreamer4.envs.scripted_player import ScriptedPlayer
 
     env = crafter.Recorder(
         make_env(seed, length=length),
@@ -29,10 +30,11 @@ def write_npz_episode(directory: Path, seed: int, length: int) -> list[int]:
         save_episode=True,
     )
     env.reset()
-    rng = np.random.default_rng(seed)
+    player = ScriptedPlayer(skill, seed=seed)
+    player.reset()
     actions, done = [], False
     while not done:
-        actions.append(int(rng.integers(17)))
+        actions.append(int(player.act(env)))
         _, _, done, _ = env.step(actions[-1])
     return actions
 

@@ -9,7 +9,8 @@ import numpy as np
 import yaml
 
 from dreamer4.episodes.dataset import load_chunk, load_steps
-from tests.conftest import make_dvc_repo
+from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
+from tests.conftest import make_dvc_repo, vpt_frames
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -49,3 +50,18 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
         sorted(load_steps(root / "data/episodes")["episode"].unique()),
         [f"crafter-s1-{i:05d}" for i in range(3)],
     )
+
+
+def test_minecraft_profile_imports_vpt_recordings(tmp_path: Path):
+    root = make_dvc_repo(tmp_path / "repo")
+    source = root / "recordings/vpt-contractor"
+    for i in range(2):
+        lines = [vpt_line({"forward", "attack"}, (1.61, -3.22))] * 20
+        write_vpt_episode(source, f"6.13/seg-{i}", vpt_frames(20, i), lines)
+    exp = dvc(root, "exp", "run", "-S", "profile=minecraft")
+    assert "imported 2 episodes" in exp and "Running stage 'ingest'" in exp
+    steps = load_steps(root / "data/episodes")
+    assert set(steps["source"]) == {"vpt"} and steps["episode"].nunique() == 2
+    assert load_chunk(root / "data/episodes", 0).shape[1:] == (128, 128, 3)
+    assert (steps["action/camera"] == 7 * 11 + 2).all() and steps["action/attack"].all()
+    assert len(list(source.rglob("*.mp4"))) == 2, "the source recordings must survive"

@@ -72,16 +72,23 @@ def test_vpt_round_trip(tmp_raw: Path):
 
 
 def test_crafter_npz_round_trip(tmp_raw: Path):
-    actions = write_npz_episode(tmp_raw, seed=3, length=25)
+    actions = write_npz_episode(tmp_raw, seed=3, length=60, skill=1.0)  # collects wood early
     [npz] = tmp_raw.glob("*.npz")
     with np.load(npz) as data:
-        images, counts = data["image"], data["achievement_collect_sapling"]
+        images, rewards = data["image"], data["reward"]
+        wood = data["achievement_collect_wood"]
     ep = read_crafter_npz(npz, None)
-    assert len(ep) == len(actions) + 1 == 26
+    assert len(ep) == len(actions) + 1 == 61
     assert ep.actions["crafter"][:-1].tolist() == actions  # shifted: row t = action after frame t
-    assert ep.labelled.tolist() == [True] * 25 + [False]
+    assert ep.labelled.tolist() == [True] * 60 + [False]
     np.testing.assert_array_equal(ep.frames, images)
-    assert ep.events["collect_sapling"].sum() == np.count_nonzero(np.diff(counts) > 0)
+    np.testing.assert_allclose(ep.reward[:-1], rewards[1:])  # reward of the row's own action
+    assert rewards.max() >= 1.0 and ep.reward[-1] == 0.0
+    # the wood events sit on the rows whose action raised the counter (the `do` on a tree)
+    rows = np.flatnonzero(ep.events["collect_wood"])
+    assert len(rows) == wood[-1] >= 1
+    assert all(wood[t + 1] == wood[t] + 1 and actions[t] == 5 for t in rows)
+    assert ep.reward[rows[0]] >= 0.9  # the first unlock earns +1
     # the recorder's stats.jsonl is not mistaken for an episode
     assert [r.files[0].suffix for r in find_raw_episodes(tmp_raw)] == [".npz"]
 

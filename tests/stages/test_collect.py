@@ -10,7 +10,9 @@ import pytest
 
 from dreamer4.cli import main
 from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
+from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from dreamer4.stages.collect import collect, episode_plan
+from tests.conftest import vpt_frames
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -18,8 +20,9 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_identical_bytes(tmp_path: Path):
-    kw = dict(episodes=3, seed=11, max_steps=150, size=64, skills=[0.0, 0.7, 1.0],
-              weights=[1, 1, 1])  # fmt: skip
+    kw = dict(
+        episodes=3, seed=11, max_steps=150, size=64, skills=[0.0, 0.7, 1.0], weights=[1, 1, 1]
+    )
     collect(tmp_path / "a", workers=1, **kw)
     collect(tmp_path / "b", workers=2, **kw)
     a, b = files(tmp_path / "a"), files(tmp_path / "b")
@@ -32,9 +35,27 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path):
 
 
 def test_recording_layout_and_reader(tmp_path: Path, capsys):
-    code = main(["collect", "--params", str(tmp_path / "absent.yaml"), "--out", str(tmp_path),
-                 "--episodes", "2", "--seed", "3", "--skill", "1.0", "--max-steps", "80",
-                 "--size", "64", "--workers", "1"])  # fmt: skip
+    code = main(
+        [
+            "collect",
+            "--params",
+            str(tmp_path / "absent.yaml"),
+            "--out",
+            str(tmp_path),
+            "--episodes",
+            "2",
+            "--seed",
+            "3",
+            "--skill",
+            "1.0",
+            "--max-steps",
+            "80",
+            "--size",
+            "64",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0 and "2 episodes" in capsys.readouterr().out
     stats = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [s["length"] for s in stats] == [80, 80]  # full skill survives 80 steps
@@ -61,9 +82,66 @@ def test_skill_mix_follows_weights():
 
 
 def test_bad_skill_and_unavailable_env_are_clear_errors(tmp_path: Path, capsys):
-    args = ["collect", "--params", str(tmp_path / "x.yaml"), "--out", str(tmp_path),
-            "--episodes", "1", "--seed", "0", "--max-steps", "5", "--size", "64"]  # fmt: skip
+    args = [
+        "collect",
+        "--params",
+        str(tmp_path / "x.yaml"),
+        "--out",
+        str(tmp_path),
+        "--episodes",
+        "1",
+        "--seed",
+        "0",
+        "--max-steps",
+        "5",
+        "--size",
+        "64",
+    ]
     assert main([*args, "--skill", "1.5"]) == 2
     assert "--skill must be in [0, 1]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="MineRL"):
         collect(tmp_path, 1, 0, 5, 64, 1, env="minerl")
+
+
+def test_other_episodes_in_out_are_never_mixed_in(tmp_path: Path):
+    collect(tmp_path, 1, 0, 20, 64, 1, skill=0.0)
+    collect(tmp_path, 1, 0, 20, 64, 1, skill=0.0)  # the same run again is fine
+    with pytest.raises(ValueError, match="already holds 1 other episodes"):
+        collect(tmp_path, 1, 5, 20, 64, 1, skill=0.0)
+    assert (tmp_path / "crafter-s0-00000.mp4").exists()
+
+
+def test_import_recordings_copies_episodes_and_leaves_the_source(tmp_path: Path, capsys):
+    source = tmp_path / "vpt"
+    for i in range(3):
+        write_vpt_episode(source, f"7.1/seg-{i}", vpt_frames(6, i), [vpt_line({"jump"})] * 6)
+    (source / "7.1/seg-0-options.json").write_text('{"version": "7.1"}')
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    out = tmp_path / "raw"
+    code = main(
+        [
+            "collect",
+            "--params",
+            str(tmp_path / "none.yaml"),
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--episodes",
+            "2",
+        ]
+    )
+    assert code == 0 and "imported 2 episodes" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "7.1/seg-0-options.json",
+        "7.1/seg-0.jsonl",
+        "7.1/seg-0.mp4",
+        "7.1/seg-1.jsonl",
+        "7.1/seg-1.mp4",
+    ]
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    assert [r.id for r in find_raw_episodes(out)] == ["7.1/seg-0", "7.1/seg-1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["collect", "--params", "x.yaml", "--source", str(empty), "--out", str(out)]) == 2
+    assert "holds no recordings" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from dreamer4.episodes.crafter_format import write_crafter_episode
 from dreamer4.episodes.dataset import load_chunk, load_steps
 from dreamer4.episodes.video import write_video
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
+from dreamer4.errors import StageError
 from dreamer4.stages.ingest import ingest
 from tests.conftest import crafter_lines, vpt_frames, write_npz_episode
 
@@ -47,6 +48,22 @@ def make_raw(raw: Path) -> None:
     # actions without video
     write_crafter_episode(raw, "bad-novideo", frames, lines(20), {})
     (raw / "bad-novideo.mp4").unlink()
+    # a field of the wrong type
+    write_crafter_episode(
+        raw, "bad-field", frames, [*lines(19), {"action": None, "achievements": None}], {}
+    )
+    # VPT: a line that is not an action, and a segment with more frames than lines
+    write_vpt_episode(
+        raw,
+        "6.13/bad-vpt-line",
+        vpt_frames(12, 2),
+        [vpt_line(set())] * 11 + [{"mouse": None, "keyboard": {"keys": []}}],
+    )
+    write_vpt_episode(raw, "6.13/bad-vpt-mismatch", vpt_frames(12, 3), [vpt_line(set())] * 12)
+    write_video(raw / "6.13/bad-vpt-mismatch.mp4", vpt_frames(14, 3))
+    # npz: not a zip at all, and a recorder file missing its actions
+    (raw / "bad-npz-corrupt.npz").write_bytes(b"PK\x03\x04 not really")
+    np.savez_compressed(raw / "bad-keys.npz", image=frames, reward=np.zeros(20))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -65,14 +82,19 @@ def test_bad_episodes_are_quarantined_and_good_ones_go_on(tmp_raw: Path, tmp_pat
 
     quarantine = json.loads((out / "quarantine.json").read_text())
     reasons = {q["episode"]: q["reason"] for q in quarantine["episodes"]}
-    assert quarantine["count"] == 5 == summary["quarantined"]
+    assert quarantine["count"] == 10 == summary["quarantined"]
     assert "bad-corrupt.mp4: unreadable video" in reasons["bad-corrupt"]
     assert "bad-truncated-video.mp4: unreadable video" in reasons["bad-truncated-video"]
-    assert "bad-truncated-jsonl.jsonl: truncated" in reasons["bad-truncated-jsonl"]
+    assert "bad-truncated-jsonl.jsonl: line 20 is truncated" in reasons["bad-truncated-jsonl"]
     assert (
         "bad-mismatch.mp4: 18 frames but bad-mismatch.jsonl has 20 lines" in reasons["bad-mismatch"]
     )
     assert "bad-novideo.jsonl: no video" in reasons["bad-novideo"]
+    assert "bad-field.jsonl: line 20: achievements must be a list" in reasons["bad-field"]
+    assert "bad-vpt-line.jsonl: line 12 is not a VPT action" in reasons["6.13/bad-vpt-line"]
+    assert "bad-vpt-mismatch.mp4: 14 frames but" in reasons["6.13/bad-vpt-mismatch"]
+    assert "bad-npz-corrupt.npz: unreadable npz" in reasons["bad-npz-corrupt"]
+    assert "bad-keys.npz: missing keys ['action', 'done']" in reasons["bad-keys"]
     assert _digest(tmp_raw) == before, "ingest must not modify or move raw files"
 
     steps = load_steps(out)
@@ -153,3 +175,19 @@ def test_params_errors_name_the_file(tmp_path: Path, capsys, missing):
     assert main(["ingest", "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert str(params) in err and ("no profile 'nope'" in err or "no `ingest` section" in err)
+
+
+def test_out_that_is_not_a_dataset_is_never_replaced(tmp_raw: Path, tmp_path: Path):
+    make_raw(tmp_raw)
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    with pytest.raises(StageError, match="not an episode dataset"):
+        ingest(tmp_raw, keep, resolution=8)
+    with pytest.raises(StageError, match="must not contain one another"):
+        ingest(tmp_raw, tmp_path, resolution=8)
+    assert (keep / "notes.txt").read_text() == "precious" and (
+        tmp_raw / "good-crafter.mp4"
+    ).exists()
+    ingest(tmp_raw, tmp_path / "ds", resolution=8, min_length=4)
+    ingest(tmp_raw, tmp_path / "ds", resolution=8, min_length=4)  # a dataset may be rebuilt

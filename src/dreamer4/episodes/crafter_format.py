@@ -23,10 +23,13 @@ from dreamer4.episodes.video import read_video, write_video
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file and a rename."""
+    """Write text to `path` through a temporary file and a rename (no temp file survives)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_crafter_episode(
@@ -58,14 +61,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         text = path.read_text()
     except OSError as err:
         raise EpisodeError(f"{path}: cannot read ({err})") from err
-    if text and not text.endswith("\n"):
-        raise EpisodeError(f"{path}: truncated (last line has no newline)")
     lines = []
-    for i, raw in enumerate(text.splitlines(), 1):
+    raws = text.splitlines()
+    for i, raw in enumerate(raws, 1):
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise EpisodeError(f"{path}: line {i} is not valid JSON ({err.msg})") from err
+            what = "truncated" if i == len(raws) else "not valid JSON"
+            raise EpisodeError(f"{path}: line {i} is {what} ({err.msg})") from err
         if not isinstance(obj, dict):
             raise EpisodeError(f"{path}: line {i} is not a JSON object")
         lines.append(obj)
@@ -95,7 +98,10 @@ def read_crafter_episode(
             reward[t] = float(line.get("reward", 0.0))
         except (TypeError, ValueError) as err:
             raise EpisodeError(f"{jsonl}: line {t + 1} has a bad reward") from err
-        for ach in line.get("achievements", []):
+        achievements = line.get("achievements", [])
+        if not isinstance(achievements, list):
+            raise EpisodeError(f"{jsonl}: line {t + 1}: achievements must be a list")
+        for ach in achievements:
             if ach not in events:
                 raise EpisodeError(f"{jsonl}: line {t + 1} has unknown achievement {ach!r}")
             events[ach][t] = True
@@ -105,6 +111,7 @@ def read_crafter_episode(
         frames=read_video(video, size, n, jsonl.name),
         actions={"crafter": action},
         labelled=labelled,
+        records=n,
         reward=reward,
         events=events,
     )

@@ -55,6 +55,7 @@ def read_crafter_npz(path: Path, size: int | None) -> Episode:
         frames=np.stack([resize_frame(f, size) for f in image]),
         actions={"crafter": shifted},
         labelled=labelled,
+        records=len(arrays["action"]),
         reward=reward,
         events=events,
     )

@@ -94,6 +94,7 @@ class DatasetWriter:
                 "length": n,
                 "return": float(ep.reward.sum()),
                 "labelled_fraction": float(ep.labelled.mean()),
+                "actions": ep.records,
                 "frame_chunk": self._chunk,
             }
         )
@@ -132,6 +133,14 @@ def load_steps(dataset: Path) -> pd.DataFrame:
 def load_chunk(dataset: Path, chunk: int) -> np.ndarray:
     """Frames of one chunk, memory-mapped (read-only)."""
     return np.load(Path(dataset) / "frames" / f"chunk-{chunk:05d}.npy", mmap_mode="r")
+
+
+def chunk_lengths(dataset: Path) -> dict[int, int]:
+    """Frames actually stored in each chunk file (read from the .npy headers)."""
+    out = {}
+    for path in sorted((Path(dataset) / "frames").glob("chunk-*.npy")):
+        out[int(path.stem.split("-")[1])] = int(np.load(path, mmap_mode="r").shape[0])
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:

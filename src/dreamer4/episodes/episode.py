@@ -35,6 +35,7 @@ class Episode:
     events: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T,) bool
     null_action: np.ndarray | None = None  # (T,) bool, VPT only
     meta: dict[str, Any] = field(default_factory=dict)
+    records: int = 0  # label records read (jsonl lines, npz steps); frames for bare video
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])

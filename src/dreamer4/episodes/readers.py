@@ -72,6 +72,7 @@ def read_raw_episode(raw: RawEpisode, size: int | None) -> Episode:
             frames=frames,
             actions={},
             labelled=np.zeros(n, dtype=bool),
+            records=n,
             reward=np.zeros(n, dtype=np.float32),
         )
     ep.id = raw.id

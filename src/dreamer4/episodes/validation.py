@@ -8,6 +8,7 @@ suites: `ingest` quarantines them first; the suites guard the dataset as a whole
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,22 +68,27 @@ def _episodes_suite(gx: Any, min_length: int, max_length: int) -> list[Any]:
     ]
 
 
-def episode_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """Per-episode counts derived from the step index (rows = action records, frames stored)."""
-    g = steps.groupby("episode", sort=True)
-    return pd.DataFrame(
-        {
-            "length": g["step"].max() + 1,
-            "actions": g.size(),
-            "frames": g["frame_chunk"].count(),
-        }
-    ).reset_index()
+def episode_table(
+    steps: pd.DataFrame, actions: pd.Series, chunk_lengths: Mapping[int, int]
+) -> pd.DataFrame:
+    """Per episode, three counts that must agree, each from a different place.
+
+    `length`: rows of the step index (max step + 1); `actions`: label records the reader read
+    from the source (jsonl lines, npz steps), indexed by episode; `frames`: index rows pointing
+    at a frame that exists in its chunk file.
+    """
+    limit = steps["frame_chunk"].astype("Int64").map(chunk_lengths).fillna(-1)
+    stored = steps["frame_index"].astype("Int64").fillna(10**12) < limit
+    g = steps.assign(_stored=stored.astype(bool)).groupby("episode", sort=True)
+    table = pd.DataFrame({"length": g["step"].max() + 1, "frames": g["_stored"].sum()})
+    table["actions"] = actions.reindex(table.index).astype("Int64")
+    return table.reset_index()
 
 
 def validate(
     steps: pd.DataFrame, episodes: pd.DataFrame, min_length: int, max_length: int
 ) -> ValidationReport:
-    """Run both suites; `episodes` needs columns episode, length, actions, frames."""
+    """Run both suites; `episodes` is an `episode_table`."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

@@ -28,6 +28,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
         raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _encode(tmp, frames, fps)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _encode(tmp: Path, frames: np.ndarray, fps: int) -> None:
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264rgb", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -37,7 +45,6 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
-    os.replace(tmp, path)
 
 
 def iter_video(path: Path) -> Iterator[np.ndarray]:

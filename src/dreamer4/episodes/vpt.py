@@ -97,7 +97,7 @@ def vpt_actions(
             new = list(mouse.get("newButtons", []))
             dx, dy = float(mouse.get("dx", 0.0)), float(mouse.get("dy", 0.0))
             hotbar = int(line.get("hotbar", last_hotbar))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise EpisodeError(f"{path}: line {t + 1} is not a VPT action ({err!r})") from err
         if t == 0:
             attack_stuck = new == [0]
@@ -136,6 +136,7 @@ def read_vpt_episode(
         frames=read_video(video, size, n, jsonl.name),
         actions=actions,
         labelled=np.ones(n, dtype=bool),
+        records=n,
         reward=np.zeros(n, dtype=np.float32),
         events=events,
         null_action=null,

@@ -1,4 +1,10 @@
-"""Stage `collect` → asset `raw_episodes`: offline Crafter gameplay in the VPT contractor layout.
+"""Stage `collect` → asset `raw_episodes`: offline gameplay in the VPT contractor layout.
+
+`env: crafter` records new Crafter gameplay (below). `env: vpt` imports recordings someone
+already has (VPT contractor segments, Crafter `.npz`, any layout `ingest` reads) from the
+profile's `source` folder, so DVC versions them as this stage's output; `source` itself is never
+written, so DVC clearing the output before a rerun loses nothing. `env: minerl` (recording new
+Minecraft play) needs the optional `minerl` extra, which cannot be built on these machines.
 
 Like VPT's contractor data, the recordings come from players of varying skill: each episode
 draws a skill from the profile's mix (`skills` / `skill_weights`; skill 0 is a random player)
@@ -31,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="episode length cap in steps")
     p.add_argument("--size", type=int, help="rendered frame size in pixels")
     p.add_argument("--workers", type=int, help="collection processes")
+    p.add_argument("--source", type=Path, help="env vpt: folder of recordings to import")
 
 
 def episode_plan(
@@ -108,12 +115,13 @@ def collect(
     if env != "crafter":
         raise ParamsError(
             f"collect: env {env!r} cannot be recorded here; MineRL needs the optional `minerl` "
-            "extra. Place VPT contractor recordings under the raw folder and run `dreamer4 ingest`."
+            "extra. To use recordings you have, set `env: vpt` and `source:` in the profile."
         )
     if skill is not None and not 0.0 <= skill <= 1.0:
         raise ParamsError(f"collect: --skill must be in [0, 1], got {skill}")
-    out.mkdir(parents=True, exist_ok=True)
     plan = episode_plan(seed, episodes, skill, skills or [1.0], weights or [1.0])
+    _refuse_foreign_episodes(out, {p["id"] for p in plan})
+    out.mkdir(parents=True, exist_ok=True)
     jobs = [
         {**p, "out": str(out), "max_steps": max_steps, "size": size, "seed": seed} for p in plan
     ]
@@ -133,11 +141,57 @@ def collect(
     return stats
 
 
+def _refuse_foreign_episodes(out: Path, ids: set[str]) -> None:
+    """Stop before mixing this run with other episodes already in `out` (nothing is deleted)."""
+    from dreamer4.episodes.readers import find_raw_episodes
+
+    if not out.is_dir():
+        return
+    foreign = [r.id for r in find_raw_episodes(out) if r.id not in ids]
+    if foreign:
+        raise ParamsError(
+            f"collect: {out} already holds {len(foreign)} other episodes (e.g. {foreign[0]!r}); "
+            "remove them or choose another --out"
+        )
+
+
+def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
+    """Copy the episodes under `source` (all, or the first `episodes`) into `out`; their ids.
+
+    Each file is copied to a temporary name and renamed, so an interrupted import leaves no
+    half-written episode. VPT's `-options.json` sidecars come along.
+    """
+    import os
+    import shutil
+
+    from dreamer4.episodes.readers import find_raw_episodes
+
+    found = find_raw_episodes(source)
+    if not found:
+        raise ParamsError(f"collect: {source} holds no recordings (.mp4 + .jsonl, .npz, .mp4)")
+    chosen = found[:episodes] if episodes > 0 else found
+    _refuse_foreign_episodes(out, {r.id for r in chosen})
+    for raw in chosen:
+        sidecar = source / f"{raw.id}-options.json"
+        for src in (*raw.files, *([sidecar] if sidecar.is_file() else [])):
+            dst = out / src.relative_to(source)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+    return [r.id for r in chosen]
+
+
 def run(args: argparse.Namespace) -> int:
     prm = section(args.params, args.profile, "collect")
-    out = setting(args.out, prm["paths"], "raw", "collect")
+    out = Path(setting(args.out, prm["paths"], "raw", "collect"))
+    if args.source is not None or prm.get("env") == "vpt":
+        source = Path(setting(args.source, prm, "source", "collect"))
+        ids = import_recordings(source, out, args.episodes or prm.get("episodes", 0))
+        print(f"collect: imported {len(ids)} episodes from {source} → {out}")
+        return 0
     stats = collect(
-        out=Path(out),
+        out=out,
         episodes=setting(args.episodes, prm, "episodes", "collect"),
         seed=setting(args.seed, prm, "seed", "collect"),
         max_steps=setting(args.max_steps, prm, "max_steps", "collect"),

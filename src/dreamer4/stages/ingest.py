@@ -46,36 +46,32 @@ def ingest(
     """Build the dataset at `out`; returns the summary also written to `dataset.json`."""
     from tqdm import tqdm
 
-    from dreamer4.episodes.dataset import DatasetWriter, split_of, write_json
+    from dreamer4.episodes.dataset import DatasetWriter, chunk_lengths, split_of, write_json
     from dreamer4.episodes.episode import EpisodeError
-    from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
+    from dreamer4.episodes.readers import find_raw_episodes
     from dreamer4.episodes.validation import episode_table, validate
 
-    raws = find_raw_episodes(raw)
     out = Path(out)
+    _check_out(Path(raw), out)
+    raws = find_raw_episodes(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    quarantined: list[dict[str, Any]] = []
     try:
         writer = DatasetWriter(tmp, chunk_frames)
-        quarantined: list[dict[str, Any]] = []
         for r in tqdm(raws, desc="ingest", unit="episode"):
-            files = [str(f) for f in r.files]
-            try:
-                ep = read_raw_episode(r, resolution)
-                if not min_length <= len(ep) <= max_length:
-                    raise EpisodeError(
-                        f"{r.files[0]}: {len(ep)} frames, outside [{min_length}, {max_length}]"
-                    )
-            except EpisodeError as err:
-                quarantined.append({"episode": r.id, "files": files, "reason": str(err)})
-                continue
-            writer.add(ep, split_of(ep.id, eval_fraction))
+            ep = _read(r, resolution, min_length, max_length, quarantined)
+            if ep is not None:
+                writer.add(ep, split_of(ep.id, eval_fraction))
         steps, episodes = writer.close()
         if steps.empty:
-            raise EpisodeError(f"{raw}: no readable episodes ({len(quarantined)} quarantined)")
-        table = episode_table(steps).set_index("episode")[["actions", "frames"]]
-        episodes = episodes.set_index("episode").join(table).reset_index()
-        report = validate(steps, episodes, min_length, max_length)
+            first = f"; first: {quarantined[0]['reason']}" if quarantined else ""
+            raise EpisodeError(
+                f"{raw}: no readable episodes ({len(quarantined)} quarantined{first})"
+            )
+        table = episode_table(steps, episodes.set_index("episode")["actions"], chunk_lengths(tmp))
+        episodes = episodes.merge(table[["episode", "frames"]], on="episode")
+        report = validate(steps, table, min_length, max_length)
         write_json(tmp / "validation.json", report.to_dict())
         if not report.success:
             raise ValidationFailed("dataset suites failed:\n  " + "\n  ".join(report.failures))
@@ -104,9 +100,44 @@ def ingest(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for q in quarantined:
-        print(f"ingest: quarantined {q['episode']}: {q['reason']}")
     return summary
+
+
+# What a reader raises on input it cannot make sense of: all of it is quarantined, named.
+_BAD_INPUT = (StageError, ValueError, TypeError, KeyError, AttributeError, IndexError, OSError)
+
+
+def _read(
+    raw: Any, resolution: int, min_length: int, max_length: int, quarantined: list[dict[str, Any]]
+) -> Any:
+    """The episode, or None after adding it to `quarantined` with the reason (also printed)."""
+    from dreamer4.episodes.readers import read_raw_episode
+
+    try:
+        ep = read_raw_episode(raw, resolution)
+        if not min_length <= len(ep) <= max_length:
+            raise StageError(
+                f"{raw.files[0]}: {len(ep)} frames, outside [{min_length}, {max_length}]"
+            )
+        return ep
+    except _BAD_INPUT as err:
+        reason = str(err) if isinstance(err, StageError) else f"{raw.files[0]}: {err!r}"
+        quarantined.append(
+            {"episode": raw.id, "files": [str(f) for f in raw.files], "reason": reason}
+        )
+        print(f"ingest: quarantined {raw.id}: {reason}")
+        return None
+
+
+def _check_out(raw: Path, out: Path) -> None:
+    """Refuse an `out` that would replace the raw data or a folder that is not a dataset."""
+    r, o = raw.resolve(), out.resolve()
+    if r == o or r.is_relative_to(o) or o.is_relative_to(r):
+        raise StageError(f"ingest: --out {out} and --raw {raw} must not contain one another")
+    if o.exists() and any(o.iterdir()) and not (o / "dataset.json").exists():
+        raise StageError(
+            f"ingest: {out} exists and is not an episode dataset; refusing to replace it"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
