@@ -35,12 +35,10 @@ else
 endif
 	dvc status
 
-test: setup $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test: lint $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest
 
-lint:
+lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

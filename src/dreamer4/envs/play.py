@@ -35,7 +35,7 @@ def play_episode(env: DeterministicCrafter, player: ScriptedPlayer, record: bool
     counts = dict(env._player.achievements)
     done = False
     while not done:
-        inventory = {k: int(v) for k, v in env._player.inventory.items()}
+        inventory = {k: int(v) for k, v in env._player.inventory.items()} if record else {}
         action = int(player.act(env))
         next_obs, reward, done, info = env.step(action)
         unlocked = sorted(k for k, v in info["achievements"].items() if v > counts.get(k, 0))

@@ -11,7 +11,6 @@ format, so Crafter's own analysis scripts read it unchanged.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,7 @@ import numpy as np
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS, CRAFTER_ACTIONS
 from dreamer4.episodes.episode import Episode, EpisodeError
 from dreamer4.episodes.video import read_video, write_video
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file and a rename (no temp file survives)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from dreamer4.files import atomic_write_text
 
 
 def write_crafter_episode(

@@ -7,7 +7,6 @@ this form; report videos need a separate yuv420p encode.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import av
 import numpy as np
 
 from dreamer4.episodes.episode import EpisodeError, resize_frame
+from dreamer4.files import atomic_path
 
 
 class VideoError(EpisodeError):
@@ -27,16 +27,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        _encode(tmp, frames, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _encode(tmp: Path, frames: np.ndarray, fps: int) -> None:
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264rgb", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "rgb24"

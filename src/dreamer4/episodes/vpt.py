@@ -31,9 +31,10 @@ from dreamer4.episodes.actions import (
     VPT_MOUSE_BUTTONS,
     camera_to_bins,
 )
-from dreamer4.episodes.crafter_format import atomic_write_text, read_jsonl
+from dreamer4.episodes.crafter_format import read_jsonl
 from dreamer4.episodes.episode import Episode, EpisodeError, events_from_counts
 from dreamer4.episodes.video import read_video, write_video
+from dreamer4.files import atomic_write_text
 
 _ORES = ("", "deepslate_")
 # task -> (stat category, items counted)

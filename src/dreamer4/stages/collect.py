@@ -49,14 +49,11 @@ def episode_plan(
     if skill is None and (len(skills) != len(weights) or not skills):
         raise ParamsError("collect: skills and skill_weights must be non-empty and equally long")
     p = np.asarray(weights, dtype=np.float64)
+    p = p / p.sum()
     plan = []
     for i in range(episodes):
         rng = np.random.default_rng([seed, i, 1])
-        s = (
-            float(skill)
-            if skill is not None
-            else float(skills[rng.choice(len(skills), p=p / p.sum())])
-        )
+        s = float(skill) if skill is not None else float(skills[rng.choice(len(skills), p=p)])
         plan.append(
             {
                 "id": f"crafter-s{seed}-{i:05d}",
@@ -110,7 +107,7 @@ def collect(
 
     from tqdm import tqdm
 
-    from dreamer4.episodes.crafter_format import atomic_write_text
+    from dreamer4.files import atomic_write_text
 
     if env != "crafter":
         raise ParamsError(
@@ -161,10 +158,10 @@ def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
     Each file is copied to a temporary name and renamed, so an interrupted import leaves no
     half-written episode. VPT's `-options.json` sidecars come along.
     """
-    import os
     import shutil
 
     from dreamer4.episodes.readers import find_raw_episodes
+    from dreamer4.files import atomic_path
 
     found = find_raw_episodes(source)
     if not found:
@@ -176,9 +173,8 @@ def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
         for src in (*raw.files, *([sidecar] if sidecar.is_file() else [])):
             dst = out / src.relative_to(source)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
     return [r.id for r in chosen]
 
 

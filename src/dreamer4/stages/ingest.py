@@ -17,10 +17,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dreamer4.errors import StageError
 from dreamer4.params import section, setting
+
+if TYPE_CHECKING:  # readers pull in PyAV and PIL: import them only when ingest runs
+    from dreamer4.episodes.episode import Episode
+    from dreamer4.episodes.readers import RawEpisode
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,8 +112,12 @@ _BAD_INPUT = (StageError, ValueError, TypeError, KeyError, AttributeError, Index
 
 
 def _read(
-    raw: Any, resolution: int, min_length: int, max_length: int, quarantined: list[dict[str, Any]]
-) -> Any:
+    raw: RawEpisode,
+    resolution: int,
+    min_length: int,
+    max_length: int,
+    quarantined: list[dict[str, Any]],
+) -> Episode | None:
     """The episode, or None after adding it to `quarantined` with the reason (also printed)."""
     from dreamer4.episodes.readers import read_raw_episode
 
