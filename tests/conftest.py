@@ -109,3 +109,55 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "init")
     return root
+
+
+def make_episode_dataset(
+    out: Path, episodes: int = 6, length: int = 48, resolution: int = 16, seed: int = 0
+) -> Path:
+    """A small episode dataset written by the real DatasetWriter: a square drifting over a
+    gradient (learnable structure), random Crafter actions, every third episode unlabelled."""
+    import pandas as pd
+
+    from dreamer4.episodes.dataset import DatasetWriter, write_json
+    from dreamer4.episodes.episode import Episode
+
+    rng = np.random.default_rng(seed)
+    writer = DatasetWriter(out, chunk_frames=4 * length)
+    yy, xx = np.mgrid[:resolution, :resolution]
+    for e in range(episodes):
+        pos = rng.integers(0, resolution - 4, 2).astype(float)
+        vel = rng.normal(0, 0.7, 2)
+        frames = []
+        for _ in range(length):
+            pos = np.clip(pos + vel, 0, resolution - 4)
+            img = np.stack(
+                [xx * 255 // resolution, yy * 255 // resolution, np.full_like(xx, 40 * (e % 6))], -1
+            ).astype(np.uint8)
+            y, x = pos.astype(int)
+            img[y : y + 4, x : x + 4] = (250, 250, 30)
+            frames.append(img)
+        labelled = np.full(length, e % 3 != 2)
+        writer.add(
+            Episode(
+                id=f"ep{e:03d}",
+                source="crafter",
+                frames=np.stack(frames),
+                actions={"crafter": rng.integers(0, 17, length)},
+                labelled=labelled,
+                reward=rng.random(length).astype(np.float32),
+                records=length,
+            ),
+            "eval" if e == episodes - 1 else "train",
+        )
+    steps, table = writer.close()
+    steps.to_parquet(out / "steps.parquet", index=False)
+    pd.DataFrame(table).to_parquet(out / "episodes.parquet", index=False)
+    write_json(
+        out / "dataset.json", {"resolution": resolution, "episodes": episodes, "steps": len(steps)}
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def episode_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_episode_dataset(tmp_path_factory.mktemp("dataset") / "episodes")

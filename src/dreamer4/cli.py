@@ -16,6 +16,10 @@ from dreamer4.errors import StageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("dreamer4.stages.collect", "stage collect → raw_episodes: record Crafter gameplay"),
     "ingest": ("dreamer4.stages.ingest", "stage ingest → episode_dataset: validate, resize, index"),
+    "train-reference": (
+        "dreamer4.train.reference",
+        "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",
+    ),
     "player-report": (
         "dreamer4.envs.player_report",
         "success rate per Crafter achievement of the scripted player at full skill",
@@ -42,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args._argv = argv  # training stages re-run themselves under a launcher
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (StageError, FileNotFoundError) as err:

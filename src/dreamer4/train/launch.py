@@ -1,0 +1,135 @@
+"""Start a training command on every rank: torchrun, the deepspeed launcher, or in-process.
+
+A training stage is one `dreamer4 <stage>` command. Run plainly (by a user or by dvc.yaml) it
+re-executes itself under the launcher named in params, which sets RANK/LOCAL_RANK/WORLD_SIZE on
+each worker; workers see LOCAL_RANK and train. So the same command line serves a laptop (one
+process, `launcher: none`), a CPU box (`torchrun`, 2 processes over gloo on loopback) and a GPU
+cluster (`deepspeed` with a hostfile).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+from dreamer4.errors import StageError
+from dreamer4.train.config import TrainConfig
+
+
+def in_worker() -> bool:
+    """True inside a process started by a launcher (or prepared by `single_process_env`)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def die_with_parent() -> None:
+    """Get SIGKILLed when the parent process dies, however it dies (Linux; elsewhere a no-op).
+
+    Applied to the launcher (child of the stage command) and to every rank (child of the
+    launcher): torchrun starts ranks in sessions of their own, so without it a SIGKILL of the
+    command (an OOM kill, a lost node, a test) would leave ranks training unattended.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent was already gone before prctl took effect
+        os._exit(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """The environment torch.distributed expects, for a world of one on loopback."""
+    os.environ.update(
+        {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+        }
+    )
+
+
+def launcher_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
+    """The command that runs `dreamer4 <argv>` on every rank."""
+    target = ["-m", "dreamer4.cli", *argv]
+    if cfg.launcher == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(cfg.nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *target,
+        ]
+    if cfg.launcher == "deepspeed":
+        exe = shutil.which("deepspeed")
+        if exe is None:
+            raise StageError("launcher deepspeed: the `deepspeed` command is not on PATH")
+        where = (
+            ["--hostfile", cfg.hostfile]
+            if cfg.hostfile
+            else ["--num_nodes", "1", "--num_gpus", str(cfg.nproc), "--master_addr", "127.0.0.1"]
+        )
+        if cfg.hostfile and not os.path.isfile(cfg.hostfile):
+            raise StageError(
+                f"{cfg.hostfile}: hostfile not found (see infra/deepspeed/hostfile.example)"
+            )
+        return [exe, *where, "--master_port", str(free_port()), "--module", *target[1:]]
+    raise StageError(f"launcher {cfg.launcher!r} does not start processes")
+
+
+def worker_env(cfg: TrainConfig) -> dict[str, str]:
+    """Environment for the workers: CPU accelerator without CUDA, cores split between ranks."""
+    env = dict(os.environ)
+    import torch
+
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
+    return env
+
+
+def relaunch(cfg: TrainConfig, argv: list[str], announced: bool) -> int:
+    """Run `argv` under the configured launcher and return its exit status.
+
+    The launcher runs in a session of its own, so a terminal's Ctrl-C or a SIGTERM reaches it
+    once, from here, as SIGTERM (it passes that to every rank, which saves a checkpoint and
+    exits); a second signal kills it outright.
+    """
+    env = worker_env(cfg)
+    if announced:
+        env["DREAMER4_RESUME_ANNOUNCED"] = "1"
+    proc = subprocess.Popen(
+        launcher_command(cfg, argv), env=env, start_new_session=True, preexec_fn=die_with_parent
+    )
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        proc.send_signal(signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

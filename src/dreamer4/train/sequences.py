@@ -1,0 +1,177 @@
+"""Training sequences: windows of T consecutive steps drawn from the episode dataset.
+
+Each training stage declares what it needs in a `SequenceSpec`: the short batch length T1, an
+optional long length T2 used for every k-th batch (the paper's alternating batch lengths, §3.4),
+and the fraction of sequences the model should treat as separate images (30% in §4, so it learns
+to generate start frames without context). Windows are uniform over all valid start positions.
+
+Batch `i` of rank `r` is a pure function of (seed, r, i): the loader has no hidden state, so a
+resumed job continues exactly where it stopped by starting at its saved data position, and
+DataLoader workers need no random state of their own.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dreamer4.episodes.dataset import load_chunk, load_steps
+from dreamer4.errors import StageError
+
+# Step-index columns a stage may ask for, besides the frames and the action components.
+STEP_FIELDS = ("reward", "done", "labelled")
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """What one training stage reads per sequence."""
+
+    length: int  # T1: steps per sequence in most batches
+    long_length: int = 0  # T2: steps per sequence in long batches (0 = none)
+    long_every: int = 0  # every k-th batch is long (0 = never)
+    image_fraction: float = 0.0  # sequences flagged `independent`: frames without temporal context
+    split: str = "train"
+    frames: bool = True
+    actions: bool = True
+    fields: tuple[str, ...] = STEP_FIELDS
+
+    def length_of(self, index: int) -> int:
+        """Sequence length of batch `index` (all ranks agree, so steps stay in lockstep)."""
+        if self.long_length and self.long_every and index % self.long_every == self.long_every - 1:
+            return self.long_length
+        return self.length
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sequence: `length` steps of the episode at row `episode`, from `start`."""
+
+    episode: int
+    start: int
+    length: int
+    independent: bool
+
+
+class EpisodeSequences(Dataset):
+    """Reads windows of the episode dataset: frames (uint8, memory-mapped) and step columns."""
+
+    def __init__(self, dataset: Path, spec: SequenceSpec) -> None:
+        self.dataset, self.spec = Path(dataset), spec
+        steps = load_steps(self.dataset)
+        steps = steps[steps["split"] == spec.split].sort_values(["episode", "step"])
+        if steps.empty:
+            raise StageError(f"{self.dataset}: no `{spec.split}` steps to train on")
+        first = steps.groupby("episode", sort=False).head(1)
+        self.lengths = steps.groupby("episode", sort=False).size().to_numpy()
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.episode_ids = first["episode"].to_numpy()
+        chunks = steps["frame_chunk"].to_numpy()
+        index = steps["frame_index"].to_numpy()
+        self.frame_chunk, self.frame_index = chunks, index
+        self.actions = {
+            c: _ints(steps[c]) for c in steps.columns if c.startswith("action/") and spec.actions
+        }
+        self.columns = {
+            f: steps[f].to_numpy(dtype=np.float32 if f == "reward" else bool).copy()
+            for f in spec.fields
+        }
+        self._chunks: dict[int, np.ndarray] = {}
+        for length in {spec.length, spec.long_length} - {0}:
+            if self.lengths.max() < length:
+                raise StageError(
+                    f"{self.dataset}: no `{spec.split}` episode has {length} steps "
+                    f"(longest {self.lengths.max()}); lower the sequence length"
+                )
+
+    def __len__(self) -> int:
+        return int(self.lengths.sum())
+
+    def window_weights(self, length: int) -> np.ndarray:
+        """Probability of each episode: its number of valid start positions."""
+        counts = np.clip(self.lengths - length + 1, 0, None).astype(np.float64)
+        return counts / counts.sum()
+
+    def __getitem__(self, w: Window) -> dict[str, Any]:
+        rows = slice(
+            self.offsets[w.episode] + w.start, self.offsets[w.episode] + w.start + w.length
+        )
+        item: dict[str, Any] = {"independent": w.independent}
+        if self.spec.frames:
+            chunk, first = int(self.frame_chunk[rows.start]), int(self.frame_index[rows.start])
+            if chunk not in self._chunks:  # opened lazily, inside each worker process
+                self._chunks[chunk] = load_chunk(self.dataset, chunk)
+            item["frames"] = torch.from_numpy(
+                np.array(self._chunks[chunk][first : first + w.length])
+            )
+        for name, values in self.actions.items():
+            item[name] = torch.from_numpy(values[rows])
+        for name, values in self.columns.items():
+            item[name] = torch.from_numpy(values[rows])
+        return item
+
+
+def _ints(column: pd.Series) -> np.ndarray:
+    """A nullable action column as int64, -1 where missing (unlabelled or absent component)."""
+    return column.astype("Int64").fillna(-1).to_numpy(dtype=np.int64).copy()
+
+
+class WindowSampler(Sampler):
+    """Infinite stream of micro-batches of windows, batch i a function of (seed, rank, i)."""
+
+    def __init__(
+        self, data: EpisodeSequences, batch: int, seed: int, rank: int, start: int = 0
+    ) -> None:
+        self.data, self.batch, self.seed, self.rank, self.start = data, batch, seed, rank, start
+        spec = data.spec
+        self._weights = {t: data.window_weights(t) for t in {spec.length, spec.long_length} - {0}}
+
+    def windows(self, index: int) -> list[Window]:
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        length = self.data.spec.length_of(index)
+        episodes = rng.choice(len(self.data.lengths), size=self.batch, p=self._weights[length])
+        starts = rng.integers(0, self.data.lengths[episodes] - length + 1)
+        independent = rng.random(self.batch) < self.data.spec.image_fraction
+        return [
+            Window(int(e), int(s), length, bool(i))
+            for e, s, i in zip(episodes, starts, independent, strict=True)
+        ]
+
+    def __iter__(self) -> Iterator[list[Window]]:
+        index = self.start
+        while True:
+            yield self.windows(index)
+            index += 1
+
+
+def sequence_loader(
+    dataset: Path, spec: SequenceSpec, batch: int, seed: int, rank: int, start: int, workers: int
+) -> DataLoader:
+    """Micro-batches from `start` on (the saved data position), read by `workers` processes."""
+    data = EpisodeSequences(dataset, spec)
+    return DataLoader(
+        data,
+        batch_sampler=WindowSampler(data, batch, seed, rank, start),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+        # its own generator: starting workers must not draw from the global RNG, which a resumed
+        # job restores to the checkpoint's state before the loader starts
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_stop_signals,
+    )
+
+
+def _ignore_stop_signals(_worker: int) -> None:
+    """Readers ignore SIGTERM/SIGINT (sent to the rank's process group): the rank decides when
+    to stop, after its checkpoint, and a reader dying first would abort that save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
