@@ -75,7 +75,7 @@ def job_folder(root: Path) -> Path:
 
 
 def rank_losses(root: Path, rank: int) -> list[float]:
-    lines = (root / "metrics" / "ranks" / f"rank{rank}.jsonl").read_text().splitlines()
+    lines = (job_folder(root) / "ranks" / f"rank{rank}.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines]
 
 
@@ -278,3 +278,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert "last good checkpoint" in done.stderr and str(folder / "step-00000010") in done.stderr
     assert ckpt.latest_step(folder) == 10
     assert not (tmp_path / "out" / ckpt.WEIGHTS).exists()
+
+
+def test_zero1_job_through_the_deepspeed_launcher(tmp_path: Path, episode_dataset: Path) -> None:
+    done = run(job_args(tmp_path, episode_dataset, steps=10, launcher="deepspeed", zero_stage=1))
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "out" / ckpt.CONFIG).read_text())
+    assert (config["world_size"], config["train"]["zero_stage"], config["steps"]) == (2, 1, 10)
+    assert len(rank_losses(tmp_path, 1)) == 2

@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,10 @@ def fit(job: Job, cfg: TrainConfig, paths: Paths, announce: bool) -> int:
     import deepspeed
     import torch.distributed as dist
 
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # Keep the console to the progress bar: DeepSpeed's info logs, its "lr before the first
+    # step" warning at initialize, and a deprecation warning it triggers on every step.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     trainer = Trainer(job, cfg, paths, cuda)
     try:
@@ -381,8 +385,9 @@ class Trainer:
         }
 
     def _rank_log(self, loss: float) -> None:
-        """Each rank's own loss (before averaging), to see ranks diverge: ranks/rank<r>.jsonl."""
-        folder = self.paths.metrics / "ranks"
+        """Each rank's own loss (before averaging), to see ranks diverge: `ranks/rank<r>.jsonl`
+        in the job's checkpoint folder (run-local diagnostics, not a versioned metric)."""
+        folder = self.paths.checkpoints / "ranks"
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"rank{self.rank}.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "loss": loss}) + "\n")

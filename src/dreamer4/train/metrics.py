@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, start_http_server
 
+from dreamer4.errors import StageError
 from dreamer4.files import atomic_path, atomic_write_text
 
 PREFIX = "dreamer4_train"
@@ -51,7 +52,13 @@ class Exporter:
         self.server = None
         self.url = None
         if port is not None:
-            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            try:
+                self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            except OSError as err:
+                raise StageError(
+                    f"metrics exporter: cannot listen on {host}:{port} ({err.strerror}); set "
+                    "train.metrics_port to a free port, 0 for any free port, or null for none"
+                ) from err
             self.url = f"http://{host}:{self.server.server_port}/metrics"
 
     def update(self, step: int, losses: dict[str, float], scalars: dict[str, float]) -> None:
