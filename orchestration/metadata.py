@@ -53,9 +53,50 @@ def episode_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def tokenizer(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Held-out PSNR/SSIM and the reconstruction grid (original | recon | masked | recon)."""
+    import base64
+
+    config = json.loads((root / outs[0] / "config.json").read_text())
+    meta: dict[str, Any] = {
+        "steps": config["steps"],
+        "model": dg.MetadataValue.json(config["model"]),
+    }
+    for out in outs:
+        path = root / out
+        if path.name == "summary.json" and path.is_file():
+            meta.update(
+                {
+                    k: round(v, 4)
+                    for k, v in json.loads(path.read_text()).items()
+                    if k.startswith("tokenizer/")
+                }
+            )
+        if path.suffix == ".png" and path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode()
+            meta["reconstructions"] = dg.MetadataValue.md(
+                "original | reconstruction | masked input | its reconstruction\n\n"
+                f"![reconstructions](data:image/png;base64,{data})"
+            )
+            meta["reconstructions_file"] = dg.MetadataValue.path(str(path))
+    return meta
+
+
+def latent_tokens(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    summary = json.loads((root / outs[0] / "latents.json").read_text())
+    return {
+        "steps": summary["steps"],
+        "episodes": summary["episodes"],
+        "shape": dg.MetadataValue.json(summary["shape"]),
+        "dtype": summary["dtype"],
+    }
+
+
 METADATA: dict[str, Callable[[Path, tuple[str, ...]], dict[str, Any]]] = {
     "raw_episodes": raw_episodes,
     "episode_dataset": episode_dataset,
+    "tokenizer": tokenizer,
+    "latent_tokens": latent_tokens,
 }
 
 

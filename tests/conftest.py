@@ -89,14 +89,21 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("src", "infra"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tiny = params["profiles"]["tiny"]
     tiny["collect"].update(episodes=episodes, max_steps=max_steps, workers=2)
+    # Training stages: a few steps of a small model, still 2 ranks through torchrun, no fixed port.
+    tiny["train"].update(metrics_port=None)
+    tokenizer = tiny["train_tokenizer"]
+    tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
+    tokenizer["train"].update(steps=4, micro_batch=2, eval_every=0, checkpoint_every=2)
+    tokenizer["eval_sequences"] = 2
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / ".gitignore").write_text("/data/\n")
+    (root / ".gitignore").write_text("/data/\n/models/\n/checkpoints/\n")
 
     def sh(*cmd: str) -> None:
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)

@@ -1,7 +1,9 @@
-"""`dvc repro`: a second run is a no-op; an ingest param reruns ingest only; profiles switch."""
+"""`dvc repro`: every stage runs, a second run is a no-op, an ingest param reruns ingest and what
+depends on it, profiles switch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -22,7 +24,14 @@ def dvc(root: Path, *args: str) -> str:
 def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     root = make_dvc_repo(tmp_path / "repo")
     first = dvc(root, "repro")
-    assert "Running stage 'collect'" in first and "Running stage 'ingest'" in first
+    for stage in ("collect", "ingest", "train_tokenizer", "encode"):
+        assert f"Running stage '{stage}'" in first, stage
+    # the training stage ran 2 ranks through torchrun (launcher and nproc from params.yaml)
+    config = json.loads((root / "models/tokenizer/config.json").read_text())
+    assert (config["world_size"], config["steps"]) == (2, 4)
+    latents = json.loads((root / "data/latents/latents.json").read_text())
+    assert latents["steps"] == len(load_steps(root / "data/episodes"))
+    assert "tokenizer/psnr_heldout" in dvc(root, "metrics", "show")
     assert len(list((root / "data/raw").glob("*.mp4"))) == 3
     steps = load_steps(root / "data/episodes")
     assert steps["episode"].nunique() == 3 and load_chunk(root / "data/episodes", 0).shape[1] == 32
@@ -36,7 +45,7 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(root, "repro")
     assert "Stage 'collect' didn't change, skipping" in changed
-    assert "Running stage 'ingest'" in changed
+    assert "Running stage 'ingest'" in changed and "Running stage 'encode'" in changed
     assert load_chunk(root / "data/episodes", 0).shape[1:] == (16, 16, 3)
     assert dvc(root, "status").strip().endswith("Data and pipelines are up to date.")
 
@@ -58,7 +67,7 @@ def test_minecraft_profile_imports_vpt_recordings(tmp_path: Path):
     for i in range(2):
         lines = [vpt_line({"forward", "attack"}, (1.61, -3.22))] * 20
         write_vpt_episode(source, f"6.13/seg-{i}", vpt_frames(20, i), lines)
-    exp = dvc(root, "exp", "run", "-S", "profile=minecraft")
+    exp = dvc(root, "exp", "run", "-S", "profile=minecraft", "ingest")  # a GPU cluster trains
     assert "imported 2 episodes" in exp and "Running stage 'ingest'" in exp
     steps = load_steps(root / "data/episodes")
     assert set(steps["source"]) == {"vpt"} and steps["episode"].nunique() == 2

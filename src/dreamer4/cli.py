@@ -16,6 +16,14 @@ from dreamer4.errors import StageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("dreamer4.stages.collect", "stage collect → raw_episodes: record Crafter gameplay"),
     "ingest": ("dreamer4.stages.ingest", "stage ingest → episode_dataset: validate, resize, index"),
+    "train-tokenizer": (
+        "dreamer4.stages.train_tokenizer",
+        "stage train_tokenizer → tokenizer: causal MAE tokenizer through the training engine",
+    ),
+    "encode": (
+        "dreamer4.stages.encode",
+        "stage encode → latent_tokens: tokenizer latents of every frame, causal, frame by frame",
+    ),
     "train-reference": (
         "dreamer4.train.reference",
         "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",
@@ -35,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # `train-tokenizer` also answers to its dvc.yaml stage name `train_tokenizer`
+        aliases = [name.replace("-", "_")] if "-" in name else []
+        p = sub.add_parser(name, aliases=aliases, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         p.add_argument(
             "--profile", default=None, help="profile in params.yaml (default: its `profile`)"

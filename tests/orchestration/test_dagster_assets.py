@@ -27,8 +27,10 @@ def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 def test_graph_is_read_from_dvc_yaml():
     stages = {s.asset: s for s in read_stages(REPO)}
-    assert list(stages) == ["raw_episodes", "episode_dataset"]
+    assert list(stages) == ["raw_episodes", "episode_dataset", "tokenizer", "latent_tokens"]
     assert stages["episode_dataset"].upstream == ("raw_episodes",)
+    assert stages["tokenizer"].upstream == ("episode_dataset",)
+    assert set(stages["latent_tokens"].upstream) == {"tokenizer", "episode_dataset"}
     assert stages["raw_episodes"].upstream == ()
     assert stages["episode_dataset"].outs == ("data/episodes",)
     assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
@@ -48,9 +50,15 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     assert mats["raw_episodes"]["episodes"].value == 2
     assert mats["episode_dataset"]["episodes"].value == 2
     assert mats["episode_dataset"]["quarantined"].value == 0
-    [check] = result.get_asset_check_evaluations()
-    assert check.check_name == "episode_dataset_suite" and check.passed
-    assert check.metadata["expectations"].value >= 14
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"episode_dataset_suite", "latent_tokens_suite"}
+    assert all(c.passed for c in checks.values())
+    assert checks["episode_dataset_suite"].metadata["expectations"].value >= 14
+    assert checks["latent_tokens_suite"].metadata["expectations"].value == 7
+    assert mats["tokenizer"]["steps"].value == 4
+    assert 0 < mats["tokenizer"]["tokenizer/psnr_heldout"].value < 60
+    assert "data:image/png;base64," in mats["tokenizer"]["reconstructions"].value
+    assert mats["latent_tokens"]["shape"].value == [4, 4]
 
     again = job.execute_in_process(instance=instance)
     mats = materializations(again)

@@ -19,8 +19,9 @@ from dreamer4.train.metrics import Exporter, History
 
 
 def test_settings_merge_params_then_command_line() -> None:
-    cfg = TrainConfig.from_params({"lr": 1e-3, "zero_stage": 3}, {"zero_stage": 1},
-                                  steps=7, nproc=None)
+    cfg = TrainConfig.from_params(
+        {"lr": 1e-3, "zero_stage": 3}, {"zero_stage": 1}, steps=7, nproc=None
+    )
     assert (cfg.lr, cfg.zero_stage, cfg.steps, cfg.nproc) == (1e-3, 1, 7, 1)
     with pytest.raises(ParamsError, match="unknown key 'learning_rate'"):
         TrainConfig.from_params({"learning_rate": 1.0})
@@ -29,8 +30,9 @@ def test_settings_merge_params_then_command_line() -> None:
 
 
 def test_deepspeed_config_is_the_zero_file_plus_params() -> None:
-    cfg = TrainConfig(zero_stage=3, micro_batch=5, grad_accum=2, lr=2e-4, steps=90,
-                      warmup_steps=9, grad_clip=0.5)
+    cfg = TrainConfig(
+        zero_stage=3, micro_batch=5, grad_accum=2, lr=2e-4, steps=90, warmup_steps=9, grad_clip=0.5
+    )
     ds = deepspeed_config(cfg, "bf16")
     assert ds["zero_optimization"]["stage"] == 3  # from infra/deepspeed/zero3.json
     assert "stage3_prefetch_bucket_size" in ds["zero_optimization"]
@@ -85,7 +87,7 @@ def test_metrics_pushed_to_a_pushgateway_over_loopback() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    (method, path, body), = received
+    ((method, path, body),) = received
     assert (method, path) == ("PUT", "/metrics/job/dreamer4_train_x")
     assert b'dreamer4_train_loss{stage="train_x",term="loss"} 0.25' in body
 

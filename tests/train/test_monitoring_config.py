@@ -40,6 +40,7 @@ def registered() -> set[str]:
                 "data_wait": 0.01,
                 "gpu_memory": 123.0,
             },
+            {"tokenizer/psnr_heldout": 25.0},
         )
         families = list(exporter.registry.collect())
     finally:
@@ -74,7 +75,7 @@ def test_prometheus_config_scrapes_exporter_and_pushgateway() -> None:
 def test_exporter_registers_the_documented_metrics(registered: set[str]) -> None:
     assert "dreamer4_train_loss" in registered
     assert "dreamer4_train_step" in registered
-    assert len(registered) == 9
+    assert len(registered) == 10
 
 
 def test_dashboard_charts_only_registered_metrics(dashboard: dict, registered: set[str]) -> None:

@@ -90,17 +90,30 @@ def validate(
 ) -> ValidationReport:
     """Run both suites; `episodes` is an `episode_table`."""
     import great_expectations as gx
+
+    return run_suites(
+        "episode_dataset",
+        [
+            ("steps", steps, _steps_suite(gx, steps)),
+            ("episodes", episodes, _episodes_suite(gx, min_length, max_length)),
+        ],
+    )
+
+
+def run_suites(
+    source_name: str, suites: list[tuple[str, pd.DataFrame, list[Any]]]
+) -> ValidationReport:
+    """Run named suites of GX expectations over dataframes in an ephemeral context; every failed
+    expectation becomes one line naming the table, the expectation and example values."""
+    import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = ctx.data_sources.add_pandas("episode_dataset")
+    source = ctx.data_sources.add_pandas(source_name)
     failures: list[str] = []
     evaluated = 0
-    for name, frame, expectations in (
-        ("steps", steps, _steps_suite(gx, steps)),
-        ("episodes", episodes, _episodes_suite(gx, min_length, max_length)),
-    ):
+    for name, frame, expectations in suites:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
         for expectation in expectations:

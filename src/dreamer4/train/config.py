@@ -16,7 +16,6 @@ from typing import Any
 
 from dreamer4.params import ParamsError
 
-INFRA_DEEPSPEED = Path(__file__).resolve().parents[3] / "infra" / "deepspeed"
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 LAUNCHERS = ("torchrun", "deepspeed", "none")
 
@@ -44,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
+    eval_every: int = 0  # steps between the job's held-out evaluations (0 = only at the end)
     data_workers: int = 1  # DataLoader worker processes per rank
     launcher: str = "torchrun"  # torchrun | deepspeed | none (in-process, one rank)
     nproc: int = 1  # processes per node
@@ -51,6 +51,7 @@ class TrainConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9464  # Prometheus exporter on rank 0; None = off, 0 = any free port
     pushgateway: str | None = None  # e.g. http://127.0.0.1:9091 to push at each log and the end
+    deepspeed_configs: str = "infra/deepspeed"  # zero<N>.json base configs (relative to the cwd)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
 
     def __post_init__(self) -> None:
@@ -102,10 +103,11 @@ def resolve_precision(precision: str, cuda: bool) -> str:
 
 def deepspeed_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
     """The DeepSpeed config: infra/deepspeed/zero<N>.json plus the settings from params."""
-    base_file = INFRA_DEEPSPEED / f"zero{cfg.zero_stage}.json"
+    base_file = Path(cfg.deepspeed_configs) / f"zero{cfg.zero_stage}.json"
     if not base_file.is_file():
         raise ParamsError(
-            f"{base_file}: DeepSpeed base config for zero_stage {cfg.zero_stage} missing"
+            f"{base_file}: DeepSpeed base config for zero_stage {cfg.zero_stage} missing "
+            "(run from the repository root, or set train.deepspeed_configs)"
         )
     ds = json.loads(base_file.read_text())
     ds.update(

@@ -70,6 +70,23 @@ class Job(Protocol):
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Model tokens in one micro-batch (for tokens/s)."""
 
+    # Optional: `evaluate(model, final) -> {metric name: value}`, called on every rank (ZeRO-3
+    # needs them all) every `eval_every` steps and at the end, in eval mode without gradients.
+    # Names say what they are (`tokenizer/psnr_heldout`); they go to the DVC plot and metrics
+    # and to Prometheus. With `final` the job may also write its artifacts (rank 0).
+
+
+# Per-window speed figures: in the DVC plot and Prometheus, not in the final DVC metrics.
+SCALARS = (
+    "grad_norm",
+    "lr",
+    "steps_per_second",
+    "samples_per_second",
+    "tokens_per_second",
+    "data_wait",
+    "gpu_memory",
+)
+
 
 class NonFiniteLoss(StageError):
     """The loss became NaN or inf: training stops, the last good checkpoint stays."""
@@ -332,17 +349,43 @@ class Trainer:
             self.step += 1
             self.ema.update()
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                last = self._log(window, history, bar)
+            evals = self._evaluate() if self._eval_due() else {}
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps or evals:
+                last = self._log(window, history, bar, evals)
                 window = _Window()
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
         bar.close()
         self.save()
+        if not last:  # resumed after the last step: nothing trained, report the final state
+            last = {**(history.rows[-1] if history and history.rows else {}), **self._evaluate()}
         self._export(last)
         return 0
 
-    def _log(self, window: _Window, history: Any, bar: Any) -> dict[str, float]:
+    def _eval_due(self) -> bool:
+        every = self.cfg.eval_every
+        return hasattr(self.job, "evaluate") and (
+            self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
+        )
+
+    def _evaluate(self) -> dict[str, float]:
+        """The job's held-out metrics (all ranks call it; rank 0's values are recorded)."""
+        if not hasattr(self.job, "evaluate"):
+            return {}
+        module = self.engine.module
+        module.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                return {
+                    k: float(v)
+                    for k, v in self.job.evaluate(module, final=self.step == self.cfg.steps).items()
+                }
+        finally:
+            module.train()
+
+    def _log(
+        self, window: _Window, history: Any, bar: Any, evals: dict[str, float]
+    ) -> dict[str, float]:
         """Mean loss terms over ranks and the window; rank 0 exports and records them."""
         names = sorted(window.sums)
         self._rank_log(window.sums.get("loss", 0.0) / max(1, window.count))
@@ -368,21 +411,17 @@ class Trainer:
             "data_wait": values[-2] / self.world / max(steps, 1e-9),
             "gpu_memory": torch.cuda.max_memory_allocated() if self.device is not None else None,
         }
-        if self.rank == 0:
-            self.exporter.update(self.step, losses, scalars)
-            history.append(
-                {
-                    "step": self.step,
-                    **{f"loss/{k}": v for k, v in losses.items()},
-                    **{k: v for k, v in scalars.items() if v is not None},
-                }
-            )
-            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4g}")
-        return {
+        row = {
             "step": self.step,
             **{f"loss/{k}": v for k, v in losses.items()},
             **{k: v for k, v in scalars.items() if v is not None},
+            **evals,
         }
+        if self.rank == 0:
+            self.exporter.update(self.step, losses, scalars, evals)
+            history.append(row)
+            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4g}")
+        return row
 
     def _rank_log(self, loss: float) -> None:
         """Each rank's own loss (before averaging), to see ranks diverge: `ranks/rank<r>.jsonl`
@@ -411,7 +450,7 @@ class Trainer:
             }
             ckpt.export(self.paths.out, weights, {**ema, **buffers}, config)
             History(self.paths.metrics, self.step).summary(
-                {k: v for k, v in last.items() if k.startswith("loss/") or k == "step"}
+                {k: v for k, v in last.items() if k not in SCALARS}
             )
         self.dist.barrier()
 

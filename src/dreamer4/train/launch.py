@@ -93,8 +93,15 @@ def launcher_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
             raise StageError(
                 f"{cfg.hostfile}: hostfile not found (see infra/deepspeed/hostfile.example)"
             )
-        return [exe, *where, "--master_port", str(free_port()), "--no_local_rank", "--module",
-                *target[1:]]
+        return [
+            exe,
+            *where,
+            "--master_port",
+            str(free_port()),
+            "--no_local_rank",
+            "--module",
+            *target[1:],
+        ]
     raise StageError(f"launcher {cfg.launcher!r} does not start processes")
 
 

@@ -39,6 +39,7 @@ class Exporter:
             return Gauge(f"{PREFIX}_{name}", doc, ["stage", *labels], registry=self.registry)
 
         self.loss = gauge("loss", "Training loss per term, mean over ranks", "term")
+        self.eval = gauge("eval", "Held-out evaluation metrics of the job", "name")
         self.scalars = {
             "step": gauge("step", "Optimizer steps done"),
             "grad_norm": gauge("grad_norm", "Global gradient norm before clipping"),
@@ -61,8 +62,16 @@ class Exporter:
                 ) from err
             self.url = f"http://{host}:{self.server.server_port}/metrics"
 
-    def update(self, step: int, losses: dict[str, float], scalars: dict[str, float]) -> None:
+    def update(
+        self,
+        step: int,
+        losses: dict[str, float],
+        scalars: dict[str, float],
+        evals: dict[str, float] | None = None,
+    ) -> None:
         self.scalars["step"].labels(self.stage).set(step)
+        for name, value in (evals or {}).items():
+            self.eval.labels(self.stage, name).set(value)
         for term, value in losses.items():
             self.loss.labels(self.stage, term).set(value)
         for name, value in scalars.items():

@@ -1,0 +1,202 @@
+"""Stage `train_tokenizer` → asset `tokenizer`: the causal tokenizer trained through the engine.
+
+Reads `profiles.<profile>.train_tokenizer` (`model:` = TokenizerConfig fields, `train:` engine
+overrides, `eval_sequences`, `image_fraction`) over the shared `profiles.<profile>.train`. The
+frame resolution comes from the episode dataset. Held-out PSNR and SSIM (whole frame, and the
+world view without Crafter's inventory band) are logged every `eval_every` steps and written as
+DVC metrics `tokenizer/psnr_heldout`, `tokenizer/ssim_heldout`, `tokenizer/psnr_heldout_world`;
+`reconstructions.png` (original | reconstruction | masked input | its reconstruction) is a DVC
+plot and Dagster metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from dreamer4.errors import StageError
+from dreamer4.params import ParamsError, section
+
+GRID = "reconstructions.png"
+WORLD_ROWS = 7 / 9  # Crafter draws the world in the top 7 of 9 unit rows, the inventory below
+
+
+class TokenizerJob:
+    stage = "train_tokenizer"
+
+    def __init__(
+        self, cfg: Any, data: Path, metrics: Path, eval_sequences: int, image_fraction: float
+    ) -> None:
+        from dreamer4.train.sequences import SequenceSpec
+
+        self.cfg, self.data, self.metrics = cfg, Path(data), Path(metrics)
+        self.eval_sequences = eval_sequences
+        self.spec = SequenceSpec(
+            length=cfg.sequence, image_fraction=image_fraction, actions=False, fields=()
+        )
+        self._lpips = None
+        self._heldout = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **asdict(self.cfg),
+            "eval_sequences": self.eval_sequences,
+            "image_fraction": self.spec.image_fraction,
+        }
+
+    def build_model(self) -> Any:
+        from dreamer4.tokenizer import Tokenizer
+
+        return Tokenizer(self.cfg)
+
+    def lpips(self, device: Any) -> Any:
+        if self._lpips is None:
+            from dreamer4.lpips import LPIPS
+
+            self._lpips = LPIPS(self.cfg.lpips_net).to(device)
+        return self._lpips
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        from dreamer4.tokenizer import to_images
+
+        out = model(batch["frames"], batch["independent"])
+        recon, target = out["recon"].float(), out["target"]
+        mse = (recon - target).pow(2).mean()
+        terms = {"mse": mse}
+        loss = model.mse_norm(mse)
+        if self.cfg.lpips_weight > 0:
+            perceptual = self.lpips(recon.device)(
+                to_images(model.unpatchify(recon)), to_images(model.unpatchify(target))
+            ).mean()
+            loss = loss + self.cfg.lpips_weight * model.lpips_norm(perceptual)
+            terms["lpips"] = perceptual
+        terms["loss"] = loss
+        return terms
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        b, t = batch["frames"].shape[:2]
+        return b * t * (self.cfg.patches + self.cfg.latents)
+
+    def heldout(self, device: Any) -> Any:
+        """A fixed set of held-out sequences (eval split; train if a dataset has none)."""
+        if self._heldout is None:
+            import torch
+
+            from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
+
+            split = "eval" if _has_split(self.data, "eval") else "train"
+            data = EpisodeSequences(
+                self.data,
+                SequenceSpec(length=self.cfg.sequence, split=split, actions=False, fields=()),
+            )
+            windows = WindowSampler(data, self.eval_sequences, seed=1234, rank=0).windows(0)
+            self._heldout = torch.stack([data[w]["frames"] for w in windows])
+        return self._heldout.to(device)
+
+    def evaluate(self, model: Any, final: bool) -> dict[str, float]:
+        import torch
+
+        from dreamer4.tokenizer import psnr, ssim
+
+        frames = self.heldout(next(model.parameters()).device)
+        out = model(frames, mask=False)
+        recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
+        target = model.unpatchify(out["target"])
+        world = round(target.shape[2] * WORLD_ROWS)
+        metrics = {
+            "tokenizer/psnr_heldout": psnr(recon, target).mean().item(),
+            "tokenizer/ssim_heldout": ssim(recon, target).mean().item(),
+            "tokenizer/psnr_heldout_world": psnr(recon[:, :, :world], target[:, :, :world])
+            .mean()
+            .item(),
+        }
+        if final and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+            self.write_grid(model, frames[:8, -1:])
+        return metrics
+
+    def write_grid(self, model: Any, frames: Any) -> None:
+        """Rows of original | reconstruction | masked input (half the patches) | its recon."""
+        import torch
+        from PIL import Image
+
+        from dreamer4.files import atomic_path
+
+        target = model.patchify(frames)
+        torch.manual_seed(0)
+        drop = torch.rand(target.shape[:3], device=target.device) < 0.5
+        plain = model.decode(model.encode_patches(target))
+        masked = model.decode(model.encode_patches(target, drop))
+        shown = torch.where(drop[..., None], torch.zeros_like(target), target)
+        columns = [target, plain.float(), shown, masked.float()]
+        images = [model.unpatchify(c)[:, 0].clamp(-1, 1) for c in columns]
+        grid = torch.cat([torch.cat(list(img), 0) for img in images], 1)  # rows × columns
+        pixels = ((grid + 1) * 127.5).round().byte().cpu().numpy()
+        scale = max(1, 128 // frames.shape[2])
+        image = Image.fromarray(pixels).resize(
+            (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.Resampling.NEAREST
+        )
+        self.metrics.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.metrics / GRID) as tmp:
+            image.save(tmp, format="PNG")
+
+
+def _has_split(data: Path, split: str) -> bool:
+    import pandas as pd
+
+    return bool(
+        (pd.read_parquet(data / "steps.parquet", columns=["split"])["split"] == split).any()
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamer4.train.engine import add_arguments as engine_arguments
+
+    engine_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamer4.tokenizer import TokenizerConfig
+    from dreamer4.train.engine import Paths, train_config, train_stage
+
+    params = Path(args.params)
+    shared = section(params, args.profile, "train") if params.is_file() else {}
+    own = section(params, args.profile, "train_tokenizer") if params.is_file() else {}
+    paths = shared.get("paths", {})
+    data = Path(args.data or paths.get("episodes", "data/episodes"))
+    meta = data / "dataset.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: not an episode dataset (run `dreamer4 ingest` first)")
+    model = dict(own.get("model", {}))
+    known = {f.name for f in fields(TokenizerConfig)}
+    if unknown := set(model) - known:
+        raise ParamsError(f"{params}: train_tokenizer.model: unknown keys {sorted(unknown)}")
+    resolution = json.loads(meta.read_text())["resolution"]
+    if model.setdefault("resolution", resolution) != resolution:
+        raise StageError(
+            f"{meta}: frames are {resolution}px but train_tokenizer.model.resolution "
+            f"is {model['resolution']}"
+        )
+    cfg = TokenizerConfig(**model)
+    metrics = Path(args.metrics or "metrics/train_tokenizer")
+    job = TokenizerJob(
+        cfg,
+        data,
+        metrics,
+        int(own.get("eval_sequences", 16)),
+        float(own.get("image_fraction", 0.0)),
+    )
+    engine = {k: v for k, v in shared.items() if k != "paths"}
+    return train_stage(
+        args,
+        job,
+        train_config(args, engine, own.get("train")),
+        Paths(
+            data=data,
+            out=Path(args.out or "models/tokenizer"),
+            metrics=metrics,
+            checkpoints=Path(args.checkpoints or paths.get("checkpoints", "checkpoints")),
+        ),
+    )
