@@ -82,7 +82,7 @@ def measure(
             str(width),
         ]
         subprocess.run(cmd, check=True, capture_output=True)
-        rows = pd.read_csv(root / "m" / "train.tsv", sep="\t")
+        rows = pd.read_csv(root / "m" / "speed.tsv", sep="\t")
         return rows.iloc[1:][["samples_per_second", "tokens_per_second", "data_wait"]].mean()
 
 

@@ -286,3 +286,50 @@ def test_zero1_job_through_the_deepspeed_launcher(tmp_path: Path, episode_datase
     config = json.loads((tmp_path / "out" / ckpt.CONFIG).read_text())
     assert (config["world_size"], config["train"]["zero_stage"], config["steps"]) == (2, 1, 10)
     assert len(rank_losses(tmp_path, 1)) == 2
+
+
+CRASH_JOB = """
+import sys
+from dreamer4.train.reference import ReferenceJob
+
+class Crashing(ReferenceJob):
+    calls = 0
+    def loss(self, model, batch):
+        Crashing.calls += 1
+        if Crashing.calls > 3:
+            raise RuntimeError("boom in the model")
+        return super().loss(model, batch)
+
+import dreamer4.train.reference as ref
+ref.ReferenceJob = Crashing
+from dreamer4.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_crashing_rank_ends_the_job_without_hanging(
+    tmp_path: Path, episode_dataset: Path
+) -> None:
+    script = tmp_path / "crashing.py"
+    script.write_text(textwrap.dedent(CRASH_JOB))
+    args = job_args(tmp_path, episode_dataset, steps=40, data_workers=2)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run(
+        [*torchrun, str(script), "train-reference", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode != 0 and "boom in the model" in done.stderr

@@ -12,13 +12,12 @@ plot and Dagster metadata.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from dreamer4.errors import StageError
-from dreamer4.params import ParamsError, section
+from dreamer4.params import ParamsError
 
 GRID = "reconstructions.png"
 WORLD_ROWS = 7 / 9  # Crafter draws the world in the top 7 of 9 unit rows, the inventory below
@@ -60,6 +59,8 @@ class TokenizerJob:
         return self._lpips
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch.nn.functional as F
+
         from dreamer4.tokenizer import to_images
 
         out = model(batch["frames"], batch["independent"])
@@ -68,9 +69,12 @@ class TokenizerJob:
         terms = {"mse": mse}
         loss = model.mse_norm(mse)
         if self.cfg.lpips_weight > 0:
-            perceptual = self.lpips(recon.device)(
-                to_images(model.unpatchify(recon)), to_images(model.unpatchify(target))
-            ).mean()
+            lpips = self.lpips(recon.device)
+            pair = [to_images(model.unpatchify(x)) for x in (recon, target)]
+            if (size := pair[0].shape[-1]) < lpips.min_size:  # upsample frames too small for it
+                scale = -(-lpips.min_size // size)
+                pair = [F.interpolate(x, scale_factor=scale, mode="nearest") for x in pair]
+            perceptual = lpips(*pair).mean()
             loss = loss + self.cfg.lpips_weight * model.lpips_norm(perceptual)
             terms["lpips"] = perceptual
         terms["loss"] = loss
@@ -159,44 +163,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dreamer4.tokenizer import TokenizerConfig
-    from dreamer4.train.engine import Paths, train_config, train_stage
+    from dreamer4.train.engine import StageSettings, train_stage
 
-    params = Path(args.params)
-    shared = section(params, args.profile, "train") if params.is_file() else {}
-    own = section(params, args.profile, "train_tokenizer") if params.is_file() else {}
-    paths = shared.get("paths", {})
-    data = Path(args.data or paths.get("episodes", "data/episodes"))
-    meta = data / "dataset.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: not an episode dataset (run `dreamer4 ingest` first)")
-    model = dict(own.get("model", {}))
-    known = {f.name for f in fields(TokenizerConfig)}
-    if unknown := set(model) - known:
-        raise ParamsError(f"{params}: train_tokenizer.model: unknown keys {sorted(unknown)}")
-    resolution = json.loads(meta.read_text())["resolution"]
-    if model.setdefault("resolution", resolution) != resolution:
+    settings = StageSettings.load(args, TokenizerJob.stage)
+    data, meta = settings.dataset(args)
+    model = dict(settings.own.get("model", {}))
+    if unknown := set(model) - {f.name for f in fields(TokenizerConfig)}:
+        raise ParamsError(f"{args.params}: train_tokenizer.model: unknown keys {sorted(unknown)}")
+    if model.setdefault("resolution", meta["resolution"]) != meta["resolution"]:
         raise StageError(
-            f"{meta}: frames are {resolution}px but train_tokenizer.model.resolution "
-            f"is {model['resolution']}"
+            f"{data}: frames are {meta['resolution']}px but "
+            f"train_tokenizer.model.resolution is {model['resolution']}"
         )
-    cfg = TokenizerConfig(**model)
-    metrics = Path(args.metrics or "metrics/train_tokenizer")
+    paths = settings.job_paths(
+        args, data, TokenizerJob.stage, settings.paths.get("tokenizer", "models/tokenizer")
+    )
     job = TokenizerJob(
-        cfg,
+        TokenizerConfig(**model),
         data,
-        metrics,
-        int(own.get("eval_sequences", 16)),
-        float(own.get("image_fraction", 0.0)),
+        paths.metrics,
+        int(settings.own.get("eval_sequences", 16)),
+        float(settings.own.get("image_fraction", 0.0)),
     )
-    engine = {k: v for k, v in shared.items() if k != "paths"}
-    return train_stage(
-        args,
-        job,
-        train_config(args, engine, own.get("train")),
-        Paths(
-            data=data,
-            out=Path(args.out or "models/tokenizer"),
-            metrics=metrics,
-            checkpoints=Path(args.checkpoints or paths.get("checkpoints", "checkpoints")),
-        ),
-    )
+    return train_stage(args, job, settings.config(args), paths)

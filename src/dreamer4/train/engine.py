@@ -115,6 +115,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="discard this job's checkpoints first")
 
 
+@dataclass(frozen=True)
+class StageSettings:
+    """What a training stage reads from params.yaml (all empty when there is no params file)."""
+
+    engine: dict[str, Any]  # profiles.<profile>.train
+    own: dict[str, Any]  # profiles.<profile>.<stage> (its `train:` block overrides `engine`)
+    paths: dict[str, Any]
+
+    @classmethod
+    def load(cls, args: argparse.Namespace, stage: str | None) -> StageSettings:
+        from dreamer4.params import section
+
+        params = Path(args.params)
+        if not params.is_file():
+            return cls({}, {}, {})
+        engine = section(params, args.profile, "train")
+        own = section(params, args.profile, stage) if stage else {}
+        paths = engine.pop("paths")
+        own.pop("paths", None)
+        return cls(engine, own, paths)
+
+    def config(self, args: argparse.Namespace) -> TrainConfig:
+        return train_config(args, self.engine, self.own.get("train"))
+
+    def dataset(self, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+        """The episode dataset folder and its dataset.json."""
+        data = Path(args.data or self.paths.get("episodes", "data/episodes"))
+        meta = data / "dataset.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: not an episode dataset (run `dreamer4 ingest` first)")
+        return data, json.loads(meta.read_text())
+
+    def job_paths(self, args: argparse.Namespace, data: Path, stage: str, out: str) -> Paths:
+        return Paths(
+            data=data,
+            out=Path(args.out or out),
+            metrics=Path(args.metrics or f"metrics/{stage}"),
+            checkpoints=Path(args.checkpoints or self.paths.get("checkpoints", "checkpoints")),
+        )
+
+
 def train_config(args: argparse.Namespace, *sections: dict[str, Any] | None) -> TrainConfig:
     return TrainConfig.from_params(
         *sections,

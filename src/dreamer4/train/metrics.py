@@ -86,17 +86,24 @@ class Exporter:
             self.server.server_close()
 
 
+# Wall-clock figures: in `speed.tsv` beside the DVC plot, never in it, so the versioned outputs
+# of a training stage are the same on every rerun of the same inputs.
+SPEED = ("steps_per_second", "samples_per_second", "tokens_per_second", "data_wait", "gpu_memory")
+
+
 class History:
-    """The DVC plot (`train.tsv`) and DVC metrics (`summary.json`) of a training job."""
+    """The DVC plot (`train.tsv`), DVC metrics (`summary.json`) and `speed.tsv` of a job."""
 
     def __init__(self, folder: Path, resume_step: int) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.tsv = self.folder / "train.tsv"
-        rows = pd.read_csv(self.tsv, sep="\t") if self.tsv.is_file() else pd.DataFrame()
-        if not rows.empty:  # steps after the checkpoint are trained again: drop their rows
-            rows = rows[rows["step"] <= resume_step]
-        self.rows: list[dict[str, Any]] = rows.to_dict("records")
+        self.tsv, self.speed_tsv = self.folder / "train.tsv", self.folder / "speed.tsv"
+        rows = pd.DataFrame({"step": pd.Series(dtype="int64")})
+        for path in (self.tsv, self.speed_tsv):
+            if path.is_file():
+                rows = rows.merge(pd.read_csv(path, sep="\t"), on="step", how="outer")
+        # steps after the checkpoint are trained again: drop their rows
+        self.rows: list[dict[str, Any]] = rows[rows["step"] <= resume_step].to_dict("records")
         self._write()
 
     def append(self, row: dict[str, Any]) -> None:
@@ -104,8 +111,14 @@ class History:
         self._write()
 
     def _write(self) -> None:
-        with atomic_path(self.tsv) as tmp:
-            pd.DataFrame(self.rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        table = pd.DataFrame(self.rows, columns=None if self.rows else ["step"])
+        speed = [c for c in table.columns if c in SPEED]
+        for path, part in (
+            (self.tsv, table.drop(columns=speed)),
+            (self.speed_tsv, table[["step", *speed]]),
+        ):
+            with atomic_path(path) as tmp:
+                part.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
     def summary(self, values: dict[str, Any]) -> None:
         atomic_write_text(

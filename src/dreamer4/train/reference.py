@@ -10,15 +10,12 @@ exercise RNG restore on resume.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dreamer4.params import section
 from dreamer4.train.sequences import SequenceSpec
 
 
@@ -96,26 +93,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.train.engine import Paths, train_config, train_stage
+    from dreamer4.train.engine import StageSettings, train_stage
 
-    prof = section(Path(args.params), args.profile, "train") if Path(args.params).is_file() else {}
-    paths = prof.get("paths", {})
-    engine_params = {k: v for k, v in prof.items() if k != "paths"}
-    data = Path(args.data or paths.get("episodes", "data/episodes"))
-    meta = data / "dataset.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: not an episode dataset (run `dreamer4 ingest` first)")
-    resolution = json.loads(meta.read_text())["resolution"]
-    cfg = ReferenceConfig(**({"width": args.width} if args.width else {}))
-    job = ReferenceJob(cfg, resolution)
+    settings = StageSettings.load(args, None)
+    data, meta = settings.dataset(args)
+    job = ReferenceJob(
+        ReferenceConfig(**({"width": args.width} if args.width else {})), meta["resolution"]
+    )
     return train_stage(
         args,
         job,
-        train_config(args, engine_params),
-        Paths(
-            data=data,
-            out=Path(args.out or "models/reference"),
-            metrics=Path(args.metrics or "metrics/train_reference"),
-            checkpoints=Path(args.checkpoints or paths.get("checkpoints", "checkpoints")),
-        ),
+        settings.config(args),
+        settings.job_paths(args, data, job.stage, "models/reference"),
     )

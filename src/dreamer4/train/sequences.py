@@ -12,7 +12,7 @@ DataLoader workers need no random state of their own.
 
 from __future__ import annotations
 
-import signal
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dreamer4.episodes.dataset import load_chunk, load_steps
 from dreamer4.errors import StageError
+from dreamer4.train.launch import die_with_parent
 
 # Step-index columns a stage may ask for, besides the frames and the action components.
 STEP_FIELDS = ("reward", "done", "labelled")
@@ -166,12 +167,13 @@ def sequence_loader(
         # its own generator: starting workers must not draw from the global RNG, which a resumed
         # job restores to the checkpoint's state before the loader starts
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=_own_process_group,
     )
 
 
-def _ignore_stop_signals(_worker: int) -> None:
-    """Readers ignore SIGTERM/SIGINT (sent to the rank's process group): the rank decides when
-    to stop, after its checkpoint, and a reader dying first would abort that save."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _own_process_group(_worker: int) -> None:
+    """Readers leave the rank's process group, which a launcher signals as a whole (torchrun
+    sends SIGTERM to it): the rank decides when to stop, after its checkpoint, and a reader
+    dying first would abort that save. They still die with the rank."""
+    os.setpgrp()
+    die_with_parent()
