@@ -59,6 +59,16 @@ def test_latents_match_streaming_encoder_and_step_index(
         assert got.shape == (len(ep), 4, 3)
         assert np.allclose(got, expected, atol=2e-3)  # float16 storage
 
+    # Training sequences read the latents with the step index's addressing.
+    from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
+
+    data = EpisodeSequences(out, SequenceSpec(length=5, arrays=("latents",), fields=()))
+    for w in WindowSampler(data, 4, seed=0, rank=0).windows(0):
+        ep = steps[steps["episode"] == data.episode_ids[w.episode]].sort_values("step")
+        rows = ep.iloc[w.start : w.start + 5]
+        chunk = np.load(out / "latents" / f"chunk-{int(rows['frame_chunk'].iloc[0]):05d}.npy")
+        assert np.array_equal(data[w]["latents"].numpy(), chunk[rows["frame_index"].to_numpy()])
+
 
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file

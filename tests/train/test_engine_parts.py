@@ -102,3 +102,19 @@ def test_busy_metrics_port_is_a_clear_error() -> None:
             Exporter("train_y", "127.0.0.1", port)
     finally:
         first.close()
+
+
+def test_ema_applied_swaps_averages_in_and_restores_weights() -> None:
+    from dreamer4.train.ema import Ema
+
+    model = torch.nn.Linear(3, 2)
+    ema = Ema(model, decay=0.5, zero3=False)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()  # n=1: decay min(0.5, 2/11) = 2/11, the average moves 9/11 of the way
+    trained = model.weight.detach().clone()
+    expected = start + (1 - 2 / 11) * 1.0
+    with ema.applied():
+        assert torch.allclose(model.weight, expected)
+    assert torch.equal(model.weight, trained)

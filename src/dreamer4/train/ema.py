@@ -11,6 +11,9 @@ kept per shard, so it costs 1/world of the model per rank, and is gathered only 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -43,6 +46,20 @@ class Ema:
                 )
             t.copy_(state[name])
         self.updates = updates
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily put the averaged weights (or ZeRO-3 shards) into the model."""
+        with torch.no_grad():
+            backup = [self._source(p).clone() for _, p in self.named]
+            for (_, p), avg in zip(self.named, self.shadow, strict=True):
+                self._source(p).copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), old in zip(self.named, backup, strict=True):
+                    self._source(p).copy_(old)
 
     @torch.no_grad()
     def full_state(self) -> dict[str, torch.Tensor]:

@@ -71,7 +71,8 @@ class Job(Protocol):
         """Model tokens in one micro-batch (for tokens/s)."""
 
     # Optional: `evaluate(model, final) -> {metric name: value}`, called on every rank (ZeRO-3
-    # needs them all) every `eval_every` steps and at the end, in eval mode without gradients.
+    # needs them all) every `eval_every` steps and at the end, in eval mode without gradients,
+    # with the EMA weights if the job sets `evaluate_with_ema = True`.
     # Names say what they are (`tokenizer/psnr_heldout`); they go to the DVC plot and metrics
     # and to Prometheus. With `final` the job may also write its artifacts (rank 0).
 
@@ -415,8 +416,11 @@ class Trainer:
             return {}
         module = self.engine.module
         module.eval()
+        weights = (
+            self.ema.applied() if getattr(self.job, "evaluate_with_ema", False) else nullcontext()
+        )
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), weights:
                 return {
                     k: float(v)
                     for k, v in self.job.evaluate(module, final=self.step == self.cfg.steps).items()

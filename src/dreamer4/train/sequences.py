@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dreamer4.episodes.dataset import load_chunk, load_steps
+from dreamer4.episodes.dataset import load_steps
 from dreamer4.errors import StageError
 from dreamer4.train.launch import die_with_parent
 
@@ -40,7 +40,7 @@ class SequenceSpec:
     long_every: int = 0  # every k-th batch is long (0 = never)
     image_fraction: float = 0.0  # sequences flagged `independent`: frames without temporal context
     split: str = "train"
-    frames: bool = True
+    arrays: tuple[str, ...] = ("frames",)  # per-frame arrays: `frames` (uint8), `latents` (f16)
     actions: bool = True
     fields: tuple[str, ...] = STEP_FIELDS
 
@@ -62,7 +62,9 @@ class Window:
 
 
 class EpisodeSequences(Dataset):
-    """Reads windows of the episode dataset: frames (uint8, memory-mapped) and step columns."""
+    """Reads windows of a dataset folder: per-frame arrays (memory-mapped `<name>/chunk-N.npy`,
+    addressed by the step index's frame_chunk/frame_index: `frames/` of the episode dataset,
+    `latents/` of the latent tokens) and step columns."""
 
     def __init__(self, dataset: Path, spec: SequenceSpec) -> None:
         self.dataset, self.spec = Path(dataset), spec
@@ -84,7 +86,7 @@ class EpisodeSequences(Dataset):
             f: steps[f].to_numpy(dtype=np.float32 if f == "reward" else bool).copy()
             for f in spec.fields
         }
-        self._chunks: dict[int, np.ndarray] = {}
+        self._chunks: dict[tuple[str, int], np.ndarray] = {}
         for length in {spec.length, spec.long_length} - {0}:
             if self.lengths.max() < length:
                 raise StageError(
@@ -105,12 +107,13 @@ class EpisodeSequences(Dataset):
             self.offsets[w.episode] + w.start, self.offsets[w.episode] + w.start + w.length
         )
         item: dict[str, Any] = {"independent": w.independent}
-        if self.spec.frames:
-            chunk, first = int(self.frame_chunk[rows.start]), int(self.frame_index[rows.start])
-            if chunk not in self._chunks:  # opened lazily, inside each worker process
-                self._chunks[chunk] = load_chunk(self.dataset, chunk)
-            item["frames"] = torch.from_numpy(
-                np.array(self._chunks[chunk][first : first + w.length])
+        chunk, first = int(self.frame_chunk[rows.start]), int(self.frame_index[rows.start])
+        for name in self.spec.arrays:
+            if (name, chunk) not in self._chunks:  # opened lazily, inside each worker process
+                path = self.dataset / name / f"chunk-{chunk:05d}.npy"
+                self._chunks[name, chunk] = np.load(path, mmap_mode="r")
+            item[name] = torch.from_numpy(
+                np.array(self._chunks[name, chunk][first : first + w.length])
             )
         for name, values in self.actions.items():
             item[name] = torch.from_numpy(values[rows])
