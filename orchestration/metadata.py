@@ -82,6 +82,34 @@ def tokenizer(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     return meta
 
 
+def world_model(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Held-out rollout PSNR/SSIM (K=4, K=k_max, copy-last-frame) and the rollout animation."""
+    import base64
+
+    config = json.loads((root / outs[0] / "config.json").read_text())
+    meta: dict[str, Any] = {
+        "steps": config["steps"],
+        "model": dg.MetadataValue.json(config["model"]),
+    }
+    for out in outs:
+        path = root / out
+        if path.name == "summary.json" and path.is_file():
+            meta.update(
+                {
+                    k: round(v, 4)
+                    for k, v in json.loads(path.read_text()).items()
+                    if k.startswith("rollout/")
+                }
+            )
+        if path.suffix == ".gif" and path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode()
+            meta["rollouts"] = dg.MetadataValue.md(
+                "real | imagined, K=4 | imagined, K=k_max\n\n"
+                f"![rollouts](data:image/gif;base64,{data})"
+            )
+    return meta
+
+
 def latent_tokens(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     summary = json.loads((root / outs[0] / "latents.json").read_text())
     return {
@@ -97,6 +125,7 @@ METADATA: dict[str, Callable[[Path, tuple[str, ...]], dict[str, Any]]] = {
     "episode_dataset": episode_dataset,
     "tokenizer": tokenizer,
     "latent_tokens": latent_tokens,
+    "world_model": world_model,
 }
 
 

@@ -100,6 +100,11 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
     tokenizer["train"].update(steps=4, micro_batch=2, eval_every=0, checkpoint_every=2)
     tokenizer["eval_sequences"] = 2
+    dynamics = tiny["train_dynamics"]
+    dynamics["model"].update(width=16, depth=2, heads=2, time_every=2, registers=1, k_max=8)
+    dynamics["sequence"].update(length=4, long_length=8, long_every=2)
+    dynamics["rollout"].update(sequences=2, context=4, horizon=2)
+    dynamics["train"].update(steps=4, micro_batch=2, checkpoint_every=2)
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -24,14 +24,15 @@ def dvc(root: Path, *args: str) -> str:
 def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     root = make_dvc_repo(tmp_path / "repo")
     first = dvc(root, "repro")
-    for stage in ("collect", "ingest", "train_tokenizer", "encode"):
+    for stage in ("collect", "ingest", "train_tokenizer", "encode", "train_dynamics"):
         assert f"Running stage '{stage}'" in first, stage
     # the training stage ran 2 ranks through torchrun (launcher and nproc from params.yaml)
     config = json.loads((root / "models/tokenizer/config.json").read_text())
     assert (config["world_size"], config["steps"]) == (2, 4)
     latents = json.loads((root / "data/latents/latents.json").read_text())
     assert latents["steps"] == len(load_steps(root / "data/episodes"))
-    assert "tokenizer/psnr_heldout" in dvc(root, "metrics", "show")
+    shown = dvc(root, "metrics", "show")
+    assert "tokenizer/psnr_heldout" in shown and "rollout/psnr_copy_last" in shown
     assert len(list((root / "data/raw").glob("*.mp4"))) == 3
     steps = load_steps(root / "data/episodes")
     assert steps["episode"].nunique() == 3 and load_chunk(root / "data/episodes", 0).shape[1] == 32

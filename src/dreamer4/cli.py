@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dreamer4.stages.encode",
         "stage encode → latent_tokens: tokenizer latents of every frame, causal, frame by frame",
     ),
+    "train-dynamics": (
+        "dreamer4.stages.train_dynamics",
+        "stage train_dynamics → world_model: dynamics transformer by shortcut forcing",
+    ),
     "train-reference": (
         "dreamer4.train.reference",
         "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",

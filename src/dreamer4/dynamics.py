@@ -234,8 +234,9 @@ class Dynamics(nn.Module):
             raise ValueError(f"z must be (B, T, {cfg.latents}, {cfg.bottleneck}), got {z.shape}")
         if tau.shape != (b, t) or d.shape != (b, t):
             raise ValueError(f"tau and d must be (B, T) = {(b, t)}, got {tau.shape}, {d.shape}")
-        x = self.latent_in(pack_latents(z, cfg.pack)) + self.latent_pos.to(z.dtype)
-        dtype = x.dtype
+        x = self.latent_in(pack_latents(z, cfg.pack))
+        dtype = x.dtype  # the matmul's dtype (bf16 under autocast)
+        x = x + self.latent_pos.to(dtype)
         registers = self.register_tokens.to(dtype).expand(b, t, -1, -1)
         noise = torch.cat(
             [self.tau_embed(tau_index(tau, cfg.k_max)), self.step_embed(step_index(d, cfg.k_max))],

@@ -192,7 +192,7 @@ def shortcut_loss(
     zt = (1 - tau_) * z0 + tau_ * z1
     pred = model(zt, tau, d, actions, independent=independent)
 
-    boot = d > d_min * 1.5  # (B, T) bootstrap frames; the rest are flow frames
+    boot = d > d_min * 1.5  # (B, T) bootstrap frames (d is a power of two; 1.5 absorbs rounding)
     flow_frame = (pred.float() - z1.float()).pow(2).mean((-2, -1))
     boot_frame = torch.zeros_like(flow_frame)
     rows = boot.any(1).nonzero().squeeze(1)

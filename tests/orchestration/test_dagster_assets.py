@@ -27,10 +27,17 @@ def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 def test_graph_is_read_from_dvc_yaml():
     stages = {s.asset: s for s in read_stages(REPO)}
-    assert list(stages) == ["raw_episodes", "episode_dataset", "tokenizer", "latent_tokens"]
+    assert list(stages) == [
+        "raw_episodes",
+        "episode_dataset",
+        "tokenizer",
+        "latent_tokens",
+        "world_model",
+    ]
     assert stages["episode_dataset"].upstream == ("raw_episodes",)
     assert stages["tokenizer"].upstream == ("episode_dataset",)
     assert set(stages["latent_tokens"].upstream) == {"tokenizer", "episode_dataset"}
+    assert set(stages["world_model"].upstream) == {"latent_tokens", "tokenizer", "episode_dataset"}
     assert stages["raw_episodes"].upstream == ()
     assert stages["episode_dataset"].outs == ("data/episodes",)
     assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
@@ -59,6 +66,9 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     assert 0 < mats["tokenizer"]["tokenizer/psnr_heldout"].value < 60
     assert "data:image/png;base64," in mats["tokenizer"]["reconstructions"].value
     assert mats["latent_tokens"]["shape"].value == [4, 4]
+    wm = mats["world_model"]
+    assert wm["steps"].value == 4 and "data:image/gif;base64," in wm["rollouts"].value
+    assert {"rollout/psnr_k4", "rollout/psnr_k8", "rollout/psnr_copy_last"} <= set(wm)
 
     again = job.execute_in_process(instance=instance)
     mats = materializations(again)

@@ -170,16 +170,21 @@ def train_config(args: argparse.Namespace, *sections: dict[str, Any] | None) -> 
 
 
 def fingerprint(job: Job, cfg: TrainConfig, data: Path) -> str:
-    """Identity of what a job learns: model, loss, learning settings and the data's index."""
+    """Identity of what a job learns: model, loss, learning settings and the data (index files
+    by content, array chunks by size and modification time: re-written data never resumes)."""
     learning = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
     h = hashlib.sha256(
         json.dumps(
             [job.stage, job.config(), learning, str(job.spec)], sort_keys=True, default=str
         ).encode()
     )
-    for name in ("dataset.json", "steps.parquet"):
-        if (Path(data) / name).is_file():
-            h.update((Path(data) / name).read_bytes())
+    data = Path(data)
+    for name in ("dataset.json", "latents.json", "steps.parquet"):
+        if (data / name).is_file():
+            h.update((data / name).read_bytes())
+    for chunk in sorted(data.glob("*/chunk-*.npy")):
+        stat = chunk.stat()
+        h.update(f"{chunk.relative_to(data)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:12]
 
 

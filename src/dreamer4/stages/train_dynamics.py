@@ -1,0 +1,290 @@
+"""Stage `train_dynamics` → asset `world_model`: the dynamics transformer by shortcut forcing.
+
+Reads the latent tokens (frozen tokenizer, `encode`) and trains `dynamics.Dynamics` with
+`shortcut.shortcut_loss` through the training engine. Params `profiles.<profile>.train_dynamics`:
+`model:` (DynamicsConfig; latents/bottleneck come from the latents, actions from the step
+index), `shortcut:` (ShortcutConfig), `sequence:` (T1, T2, long_every, image_fraction — the
+paper's alternating batch lengths and 30% single images), `unlabelled_fraction` (sequences
+trained without actions, so the unlabelled-video path is exercised), `rollout:` (evaluation).
+
+Actions: row t of the step index holds the action taken *after* frame t; the model's action
+token at step t carries the action leading *into* frame t, so actions are shifted by one and
+the first frame of a window gets none.
+
+At the end, with the EMA weights (what the sampler uses), held-out rollouts: `context` real
+frames, then `horizon` imagined ones given the real actions, decoded by the tokenizer and
+compared with the real frames — PSNR/SSIM per step at K=4 and K=k_max shortcut steps beside a
+copy-last-frame baseline and the tokenizer's own ceiling (the real latents decoded). DVC metrics
+`rollout/psnr_k4`, `rollout/psnr_k64`, `rollout/psnr_copy_last`, … (means over the horizon),
+`rollout.tsv` per step (DVC plot) and `rollout.gif` (real | K=4 | K=k_max), a DVC plot and
+Dagster metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from dreamer4.errors import StageError
+from dreamer4.params import ParamsError
+
+ROLLOUT_TSV, ROLLOUT_GIF = "rollout.tsv", "rollout.gif"
+
+
+def _known(cls: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
+    if unknown := set(values) - {f.name for f in fields(cls)}:
+        raise ParamsError(f"params.yaml: {where}: unknown keys {sorted(unknown)}")
+    return values
+
+
+def shift_actions(batch: dict[str, Any], drop: Any = None) -> dict[str, Any]:
+    """Step-index actions (taken after frame t) → actions leading into frame t (-1 = none);
+    rows of `drop` (B,) lose all actions."""
+    import torch
+
+    out = {}
+    for key, a in batch.items():
+        if key.startswith("action/"):
+            shifted = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], 1)
+            if drop is not None:
+                shifted = torch.where(drop[:, None], torch.full_like(shifted, -1), shifted)
+            out[key.removeprefix("action/")] = shifted
+    return out
+
+
+class WorldModelJob:
+    stage = "train_dynamics"
+    evaluate_with_ema = True
+
+    def __init__(
+        self,
+        model_cfg: Any,
+        shortcut: Any,
+        spec: Any,
+        unlabelled: float,
+        rollout: dict[str, int],
+        data: Path,
+        episodes: Path,
+        tokenizer: Path,
+        metrics: Path,
+    ) -> None:
+        self.model_cfg, self.shortcut, self.spec = model_cfg, shortcut, spec
+        self.unlabelled, self.rollout = unlabelled, rollout
+        self.data, self.episodes, self.tokenizer_dir, self.metrics = (
+            data,
+            episodes,
+            tokenizer,
+            metrics,
+        )
+        self._heldout = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "model": asdict(self.model_cfg),
+            "shortcut": asdict(self.shortcut),
+            "sequence": asdict(self.spec),
+            "unlabelled_fraction": self.unlabelled,
+            "rollout": self.rollout,
+        }
+
+    def build_model(self) -> Any:
+        from torch import nn
+
+        from dreamer4.dynamics import Dynamics
+        from dreamer4.shortcut import loss_norms
+
+        model = nn.Module()
+        model.dynamics = Dynamics(self.model_cfg)
+        model.norms = loss_norms(self.shortcut.rms_decay)
+        return model
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from dreamer4.shortcut import shortcut_loss
+
+        z1 = batch["latents"].float()
+        drop = torch.rand(z1.shape[0], device=z1.device) < self.unlabelled
+        terms = shortcut_loss(
+            model.dynamics,
+            z1,
+            shift_actions(batch, drop),
+            self.shortcut,
+            self.model_cfg.k_max,
+            independent=batch["independent"],
+            norms=model.norms,
+        )
+        return {k: terms[k] for k in ("loss", "flow", "bootstrap")}
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        b, t = batch["latents"].shape[:2]
+        return b * t * self.model_cfg.tokens
+
+    # -- held-out rollouts ----------------------------------------------------------------
+    def heldout(self) -> dict[str, Any]:
+        """Fixed held-out windows: latents, shifted actions, and the real frames."""
+        if self._heldout is None:
+            import numpy as np
+            import pandas as pd
+            import torch
+
+            from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
+
+            steps = pd.read_parquet(self.data / "steps.parquet", columns=["split"])
+            split = "eval" if (steps["split"] == "eval").any() else "train"
+            length = self.rollout["context"] + self.rollout["horizon"]
+            spec = SequenceSpec(length=length, split=split, arrays=("latents",), fields=())
+            data = EpisodeSequences(self.data, spec)
+            windows = WindowSampler(data, self.rollout["sequences"], 4321, 0).windows(0)
+            items = [data[w] for w in windows]
+            frames = EpisodeSequences(
+                self.episodes, SequenceSpec(length=length, split=split, actions=False, fields=())
+            )
+            if not np.array_equal(frames.episode_ids, data.episode_ids):
+                raise StageError(f"{self.data} and {self.episodes} index different episodes")
+            batch = {
+                k: torch.stack([it[k] for it in items]) for k in items[0] if k != "independent"
+            }
+            batch["frames"] = torch.stack([frames[w]["frames"] for w in windows])
+            self._heldout = batch
+        return self._heldout
+
+    def evaluate(self, model: Any, final: bool) -> dict[str, float]:
+        if not final:
+            return {}
+        import torch
+
+        from dreamer4.shortcut import generate
+        from dreamer4.tokenizer import Tokenizer, TokenizerConfig, psnr, ssim
+        from dreamer4.train.checkpoint import load_exported
+
+        device = next(model.parameters()).device
+        weights, config = load_exported(self.tokenizer_dir, ema=False)
+        tok = Tokenizer(
+            TokenizerConfig(
+                **{
+                    k: v
+                    for k, v in config["model"].items()
+                    if k in TokenizerConfig.__dataclass_fields__
+                }
+            )
+        )
+        tok.load_state_dict(weights)
+        tok.to(device).eval()
+        batch = {k: v.to(device) for k, v in self.heldout().items()}
+        c, h = self.rollout["context"], self.rollout["horizon"]
+        actions = shift_actions(batch)
+        real = tok.unpatchify(tok.patchify(batch["frames"][:, c:]))
+        rows: dict[str, Any] = {"step": torch.arange(1, h + 1)}
+        shown = {}
+        for k in sorted({4, self.model_cfg.k_max}):
+            gen = torch.Generator(device=device).manual_seed(0)
+            z = generate(
+                model.dynamics,
+                batch["latents"][:, :c].float(),
+                actions,
+                h,
+                steps=k,
+                cfg=self.shortcut,
+                generator=gen,
+            )
+            imagined = tok.unpatchify(tok.decode(z).float()).clamp(-1, 1)
+            rows[f"psnr_k{k}"], rows[f"ssim_k{k}"] = psnr(imagined, real), ssim(imagined, real)
+            shown[k] = imagined
+        ceiling = tok.unpatchify(tok.decode(batch["latents"][:, c:].float()).float()).clamp(-1, 1)
+        rows["psnr_tokenizer"] = psnr(ceiling, real)  # decoded real latents: the upper bound
+        last = tok.unpatchify(tok.patchify(batch["frames"][:, c - 1 : c])).expand_as(real)
+        rows["psnr_copy_last"], rows["ssim_copy_last"] = psnr(last, real), ssim(last, real)
+        per_step = {k: (v if k == "step" else v.mean(0)).cpu() for k, v in rows.items()}
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            self.write_rollouts(per_step, real, shown)
+        return {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
+
+    def write_rollouts(self, per_step: dict[str, Any], real: Any, shown: dict[int, Any]) -> None:
+        import pandas as pd
+        import torch
+        from PIL import Image
+
+        from dreamer4.files import atomic_path
+
+        self.metrics.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame({k: v.numpy() for k, v in per_step.items()})
+        with atomic_path(self.metrics / ROLLOUT_TSV) as tmp:
+            table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+        columns = [real, *(shown[k] for k in sorted(shown))]  # real | K=4 | K=k_max
+        n = min(4, real.shape[0])
+        frames = []
+        for t in range(real.shape[1]):
+            grid = torch.cat([torch.cat([col[i, t] for col in columns], 1) for i in range(n)], 0)
+            pixels = ((grid + 1) * 127.5).round().byte().cpu().numpy()
+            scale = max(1, 96 // real.shape[2])
+            frames.append(
+                Image.fromarray(pixels).resize(
+                    (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.Resampling.NEAREST
+                )
+            )
+        with atomic_path(self.metrics / ROLLOUT_GIF) as tmp:
+            frames[0].save(
+                tmp, format="GIF", save_all=True, append_images=frames[1:], duration=250, loop=0
+            )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamer4.train.engine import add_arguments as engine_arguments
+
+    engine_arguments(p)
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (to decode rollouts)")
+    p.add_argument("--episodes", default=None, help="episode dataset (real frames for rollouts)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from dreamer4.dynamics import DynamicsConfig, action_spec
+    from dreamer4.episodes.dataset import COMPONENTS
+    from dreamer4.shortcut import ShortcutConfig
+    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.sequences import SequenceSpec
+
+    settings = StageSettings.load(args, WorldModelJob.stage)
+    own, paths = settings.own, settings.paths
+    data = Path(args.data or paths.get("latents", "data/latents"))
+    meta = data / "latents.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: not a latents folder (run `dreamer4 encode` first)")
+    latents, bottleneck = json.loads(meta.read_text())["shape"]
+    columns = pd.read_parquet(data / "steps.parquet").columns
+    components = [COMPONENTS[c.removeprefix("action/")] for c in columns if c.startswith("action/")]
+    model = _known(DynamicsConfig, dict(own.get("model", {})), "train_dynamics.model")
+    model_cfg = DynamicsConfig(
+        **{
+            **model,
+            "latents": latents,
+            "bottleneck": bottleneck,
+            "actions": action_spec(components),
+        }
+    )
+    shortcut = ShortcutConfig(
+        **_known(ShortcutConfig, own.get("shortcut", {}), "train_dynamics.shortcut")
+    )
+    seq = _known(SequenceSpec, dict(own.get("sequence", {"length": 8})), "train_dynamics.sequence")
+    spec = SequenceSpec(**{**seq, "arrays": ("latents",), "actions": True, "fields": ()})
+    rollout = {"sequences": 8, "context": 8, "horizon": 8, **own.get("rollout", {})}
+    job_paths = settings.job_paths(
+        args, data, WorldModelJob.stage, paths.get("world_model", "models/world_model")
+    )
+    job = WorldModelJob(
+        model_cfg,
+        shortcut,
+        spec,
+        float(own.get("unlabelled_fraction", 0.1)),
+        rollout,
+        data,
+        Path(args.episodes or paths.get("episodes", "data/episodes")),
+        Path(args.tokenizer or paths.get("tokenizer", "models/tokenizer")),
+        job_paths.metrics,
+    )
+    return train_stage(args, job, settings.config(args), job_paths)

@@ -1,0 +1,252 @@
+"""Shortcut forcing: the loss against hand-computed values, (τ, d) sampling, the KV-cache
+sampler against recomputation, and a tiny model that learns action-driven latent dynamics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from dreamer4.dynamics import Dynamics, DynamicsConfig
+from dreamer4.nn import KVCache
+from dreamer4.shortcut import (
+    ShortcutConfig,
+    context_level,
+    generate,
+    generate_without_cache,
+    loss_norms,
+    sample_tau_d,
+    shortcut_loss,
+)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models on two busy cores run several times faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class StandIn(nn.Module):
+    """f(z, τ, d) = 0.5 z + 0.1 τ + 0.2 d, elementwise; records every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, Any]] = []
+
+    def forward(
+        self, z: Tensor, tau: Tensor, d: Tensor, actions: Any, independent: Any = None
+    ) -> Tensor:
+        self.calls.append({"grad": torch.is_grad_enabled(), "tau": tau.clone(), "d": d.clone()})
+        return 0.5 * z + 0.1 * tau[..., None, None] + 0.2 * d[..., None, None]
+
+
+def f(z: float, tau: float, d: float) -> float:
+    return 0.5 * z + 0.1 * tau + 0.2 * d
+
+
+# (row, frame, element); row 0 = flow frames (d = d_min = 1/4), row 1 = bootstrap frames
+Z0 = [[[0.3, -1.2], [0.7, 0.1]], [[-0.5, 0.9], [1.1, -0.4]]]
+Z1 = [[[0.6, -0.2], [-0.8, 0.4]], [[0.2, 0.5], [-0.3, 0.7]]]
+TAU = [[0.0, 0.5], [0.5, 0.0]]
+D = [[0.25, 0.25], [0.5, 1.0]]
+
+
+def hand_terms(ramp_bootstrap: bool) -> tuple[float, float]:
+    """Eq. 6–8 with plain floats: per frame mean over elements, weight, mean over frames."""
+    flow = []
+    for t in range(2):
+        tau, d = TAU[0][t], D[0][t]
+        errs = []
+        for z0, z1 in zip(Z0[0][t], Z1[0][t], strict=True):
+            zt = (1 - tau) * z0 + tau * z1
+            errs.append((f(zt, tau, d) - z1) ** 2)
+        flow.append((0.9 * tau + 0.1) * sum(errs) / len(errs))
+    boot = []
+    for t in range(2):
+        tau, d = TAU[1][t], D[1][t]
+        errs = []
+        for z0, z1 in zip(Z0[1][t], Z1[1][t], strict=True):
+            zt = (1 - tau) * z0 + tau * z1
+            b1 = (f(zt, tau, d / 2) - zt) / (1 - tau)
+            zm = zt + b1 * d / 2
+            b2 = (f(zm, tau + d / 2, d / 2) - zm) / (1 - (tau + d / 2))
+            v = (f(zt, tau, d) - zt) / (1 - tau)
+            errs.append((1 - tau) ** 2 * (v - (b1 + b2) / 2) ** 2)
+        weight = 0.9 * tau + 0.1 if ramp_bootstrap else 1.0
+        boot.append(weight * sum(errs) / len(errs))
+    return sum(flow) / 2, sum(boot) / 2
+
+
+def fixed(ramp_bootstrap: bool = True, norms: nn.ModuleDict | None = None) -> dict[str, Tensor]:
+    z0, z1 = torch.tensor(Z0)[:, :, None], torch.tensor(Z1)[:, :, None]  # (B, T, N=1, D=2)
+    cfg = ShortcutConfig(ramp_on_bootstrap=ramp_bootstrap)
+    tau, d = torch.tensor(TAU), torch.tensor(D)
+    return shortcut_loss(StandIn(), z1, None, cfg, 4, noise=z0, tau=tau, d=d, norms=norms)
+
+
+def test_loss_matches_hand_computed_flow_and_bootstrap_terms() -> None:
+    flow, boot = hand_terms(ramp_bootstrap=True)
+    assert flow > 0.05 and boot > 1e-3  # both terms are non-trivial here
+    out = fixed()
+    assert out["flow"].item() == pytest.approx(flow, rel=1e-5)
+    assert out["bootstrap"].item() == pytest.approx(boot, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(flow + boot, rel=1e-5)
+    assert out["flow_frames"].item() == 2 and out["bootstrap_frames"].item() == 2
+    unramped = fixed(ramp_bootstrap=False)
+    assert unramped["bootstrap"].item() == pytest.approx(hand_terms(False)[1], rel=1e-5)
+    assert unramped["flow"].item() == pytest.approx(flow, rel=1e-5)
+    # running-RMS normalisation: the first batch sets the estimate, so each term becomes 1
+    norms = loss_norms(0.99)
+    assert fixed(norms=norms)["loss"].item() == pytest.approx(2.0, rel=1e-5)
+    assert int(norms["flow"].count) == 1 and int(norms["bootstrap"].count) == 1
+
+
+def test_bootstrap_passes_are_half_steps_without_gradient_on_bootstrap_rows_only() -> None:
+    model = StandIn()
+    z1 = torch.zeros(2, 2, 1, 2)
+    tau, d = torch.tensor(TAU), torch.tensor(D)
+    out = shortcut_loss(model, z1, None, ShortcutConfig(), 4, noise=z1, tau=tau, d=d)
+    assert [c["grad"] for c in model.calls] == [True, False, False]
+    assert model.calls[0]["tau"].shape == (2, 2)
+    assert model.calls[1]["tau"].shape == (1, 2)  # only the bootstrap row is recomputed
+    assert torch.equal(model.calls[1]["d"], torch.tensor([[0.25, 0.5]]))
+    assert torch.equal(model.calls[1]["tau"], torch.tensor([[0.5, 0.0]]))
+    assert torch.equal(model.calls[2]["tau"], torch.tensor([[0.75, 0.5]]))
+    assert out["loss"].requires_grad is False  # the stand-in has no parameters
+    # a batch without bootstrap frames: no extra passes, term 0, its running RMS untouched
+    model.calls.clear()
+    norms = loss_norms()
+    flat = torch.full((2, 2), 0.25)
+    out = shortcut_loss(
+        model, z1, None, ShortcutConfig(), 4, noise=z1, tau=tau, d=flat, norms=norms
+    )
+    assert len(model.calls) == 1 and out["bootstrap"].item() == 0.0
+    assert int(norms["bootstrap"].count) == 0 and int(norms["flow"].count) == 1
+
+
+def test_sample_tau_d_grid_and_bootstrap_fraction() -> None:
+    g = torch.Generator().manual_seed(0)
+    k_max = 64
+    tau, d = sample_tau_d(400, 8, k_max, 0.25, g)
+    assert tau.shape == d.shape == (400, 8)
+    exponent = -torch.log2(d)
+    assert torch.equal(exponent, exponent.round()) and exponent.min() >= 0
+    assert exponent.max() <= 6
+    steps = tau / d
+    assert torch.allclose(steps, steps.round(), atol=1e-6)  # τ on multiples of d
+    assert tau.min() >= 0 and (tau <= 1 - d + 1e-7).all()
+    boot = d > 1 / k_max
+    assert torch.equal(boot.all(1), boot.any(1))  # per row: all bootstrap or all flow
+    assert int(boot.all(1).sum()) == 100  # 400 · 0.25 exactly (stochastic rounding)
+    assert set(exponent[boot].unique().tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}  # not d_min
+    flow_tau = tau[~boot] * k_max
+    assert flow_tau.min() == 0 and flow_tau.max() == k_max - 1
+    # micro-batches of one row: the fraction holds in expectation
+    rows = [sample_tau_d(1, 4, k_max, 0.25, g)[1][0, 0] > 1 / k_max for _ in range(800)]
+    assert 0.2 < sum(rows) / len(rows) < 0.3
+    tau, d = sample_tau_d(3, 2, 1, 0.5, g)  # k_max = 1: one step from noise, nothing to bootstrap
+    assert (d == 1).all() and (tau == 0).all()
+    assert context_level(0.1, 64) == 58 / 64 and context_level(0.0, 8) == 1.0
+
+
+SMALL = DynamicsConfig(
+    latents=4,
+    bottleneck=2,
+    width=32,
+    depth=4,
+    heads=2,
+    time_every=2,
+    registers=1,
+    k_max=8,
+)
+
+
+def test_generate_with_kv_cache_matches_recomputation(one_thread: None) -> None:
+    torch.manual_seed(0)
+    model = Dynamics(SMALL).eval()
+    g = torch.Generator().manual_seed(1)
+    context = torch.randn(2, 3, 4, 2, generator=g).tanh()
+    actions = {"crafter": torch.randint(-1, 17, (2, 7), generator=g)}
+
+    def sample(fn: Any, seed: int = 5, **kw: Any) -> Tensor:
+        return fn(model, context, actions, 4, generator=torch.Generator().manual_seed(seed), **kw)
+
+    for steps in (4, 1):
+        cached = sample(generate, steps=steps)
+        assert cached.shape == (2, 4, 4, 2)
+        assert torch.allclose(cached, sample(generate_without_cache, steps=steps), atol=1e-4)
+        assert not torch.allclose(cached[:, 0], cached[:, 1], atol=1e-2)
+    # a window longer than the rollout crops nothing; the noise draws decide the frames
+    windowed = sample(generate_without_cache, context_window=10)
+    assert torch.allclose(windowed, sample(generate, context_window=10), atol=1e-4)
+    assert torch.allclose(windowed, sample(generate), atol=1e-4)
+    assert not torch.allclose(windowed, sample(generate, seed=6), atol=1e-3)
+    # every new frame costs steps + 1 one-step passes; with a window the cache stays bounded
+    calls: list[tuple[int, int]] = []
+    forward = model.forward
+
+    def counting(z: Tensor, *args: Any, cache: KVCache | None = None, **kw: Any) -> Tensor:
+        calls.append((z.shape[1], -1 if cache is None else cache.length))
+        return forward(z, *args, cache=cache, **kw)
+
+    model.forward = counting  # type: ignore[method-assign]
+    generate(model, context, actions, 3, steps=4, context_window=2)
+    assert calls[0] == (3, 0) and len(calls) == 1 + 3 * 4 + 2
+    assert all(t == 1 and 0 < length <= 2 for t, length in calls[1:])
+
+
+def rotating(b: int, t: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """Latents (B, T, 8, 2) on a circle of radius 0.8, each latent a fixed phase apart; the
+    action leading into frame t turns the whole pattern by -0.6, 0 or +0.6 rad."""
+    phase = torch.rand(b, generator=g) * 2 * torch.pi
+    a = torch.randint(0, 3, (b, t), generator=g)
+    turn = (a.float() - 1) * 0.6
+    turn[:, 0] = 0
+    angle = (phase[:, None] + turn.cumsum(1))[..., None] + torch.arange(8) * torch.pi / 4
+    a[:, 0] = -1  # nothing leads into the first frame
+    return 0.8 * torch.stack([angle.cos(), angle.sin()], -1), {"move": a}
+
+
+def test_trained_model_rollout_beats_copying_the_last_frame(one_thread: None) -> None:
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(
+        latents=8,
+        bottleneck=2,
+        pack=4,
+        width=32,
+        depth=3,  # space, time, space: the step after the time layer mixes the action in
+        heads=2,
+        time_every=2,
+        registers=1,
+        k_max=8,
+        actions=(("move", "categorical", 3),),
+    )
+    model = Dynamics(cfg)
+    steps = 300
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        z, a = rotating(32, 6, g)
+        out = shortcut_loss(model, z, a, ShortcutConfig(), cfg.k_max, generator=g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        sched.step()
+    assert out["bootstrap_frames"] > 0  # bootstrap rows were trained too
+    model.eval()
+    z, a = rotating(64, 6, torch.Generator().manual_seed(123))  # held out
+    rollout = generate(model, z[:, :3], a, 3, steps=4, generator=torch.Generator().manual_seed(1))
+    error = (rollout - z[:, 3:]).pow(2).mean()
+    copy_last = (z[:, 2:3] - z[:, 3:]).pow(2).mean()
+    assert error < 0.7 * copy_last  # 0.042 vs 0.131 when written
+    # the actions carry the motion: rolling out with "stay" everywhere is worse
+    stay = {"move": torch.where(a["move"] >= 0, 1, -1)}
+    wrong = generate(model, z[:, :3], stay, 3, steps=4, generator=torch.Generator().manual_seed(1))
+    assert error < 0.7 * (wrong - z[:, 3:]).pow(2).mean()
