@@ -91,6 +91,7 @@ class WorldModelJob:
         }
 
     def build_model(self) -> Any:
+        import torch
         from torch import nn
 
         from dreamer4.dynamics import Dynamics
@@ -99,6 +100,7 @@ class WorldModelJob:
         model = nn.Module()
         model.dynamics = Dynamics(self.model_cfg)
         model.norms = loss_norms(self.shortcut.rms_decay)
+        model.register_buffer("draws", torch.zeros((), dtype=torch.long))  # see `loss`
         return model
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
