@@ -4,7 +4,7 @@ Prints steps/s for: Crafter alone (random actions, with and without rendering), 
 by the scripted player (full skill), the whole `collect` path (player + render + lossless mp4 +
 jsonl), and frames/s of `ingest` (decode + resize + index + GX suites).
 
-    python benchmarks/collect_speed.py [--episodes 4] [--max-steps 1000]
+    python bench/collect_speed.py [--episodes 4] [--max-steps 1000]
 """
 
 from __future__ import annotations

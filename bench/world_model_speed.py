@@ -8,7 +8,7 @@ does not depend on them):
   for every pass (`generate_without_cache`);
 - "K=4 vs K=64": wall time of the same rollout with 4 and with k_max shortcut steps.
 
-    python benchmarks/world_model_speed.py [--profile tiny] [--horizon 64] [--batch 64]
+    python bench/world_model_speed.py [--profile tiny] [--horizon 64] [--batch 64]
 """
 
 from __future__ import annotations

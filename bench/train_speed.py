@@ -4,7 +4,7 @@ Runs `dreamer4 train-reference` (the engine's reference model, a masked patch au
 episode dataset and prints samples/s and tokens/s, the mean of the logged windows after the
 first (which includes start-up). Each configuration starts fresh in a temporary folder.
 
-    python benchmarks/train_speed.py [--data data/episodes] [--steps 60] [--width 256]
+    python bench/train_speed.py [--data data/episodes] [--steps 60] [--width 256]
 """
 
 from __future__ import annotations
