@@ -118,3 +118,27 @@ def test_ema_applied_swaps_averages_in_and_restores_weights() -> None:
     with ema.applied():
         assert torch.allclose(model.weight, expected)
     assert torch.equal(model.weight, trained)
+
+
+def test_fingerprint_changes_with_config_code_and_data(tmp_path: Path) -> None:
+    import dreamer4
+    from dreamer4.train.engine import fingerprint
+    from dreamer4.train.reference import ReferenceConfig, ReferenceJob
+    from tests.conftest import make_episode_dataset
+
+    data = make_episode_dataset(tmp_path / "d", episodes=2, length=10)
+    job = ReferenceJob(ReferenceConfig(), 16)
+    base = fingerprint(job, TrainConfig(), data)
+    assert fingerprint(job, TrainConfig(metrics_port=1), data) == base  # operational only
+    assert fingerprint(job, TrainConfig(lr=1.0), data) != base
+    assert fingerprint(ReferenceJob(ReferenceConfig(width=64), 16), TrainConfig(), data) != base
+    extra = Path(dreamer4.__file__).parent / "_fingerprint_probe.py"
+    try:
+        extra.write_text("# a code change\n")
+        assert fingerprint(job, TrainConfig(), data) != base
+    finally:
+        extra.unlink()
+    assert fingerprint(job, TrainConfig(), data) == base
+    chunk = next((data / "frames").glob("chunk-*.npy"))
+    chunk.write_bytes(chunk.read_bytes())  # rewritten data (new mtime) never resumes
+    assert fingerprint(job, TrainConfig(), data) != base

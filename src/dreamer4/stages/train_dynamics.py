@@ -106,10 +106,18 @@ class WorldModelJob:
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from dreamer4.shortcut import shortcut_loss
+        from dreamer4.shortcut import sample_tau_d, shortcut_loss
 
         z1 = batch["latents"].float()
         drop = torch.rand(z1.shape[0], device=z1.device) < self.unlabelled
+        # (τ, d) per frame from a generator every rank seeds alike (a checkpointed counter):
+        # all ranks then run the same number of bootstrap passes, which ZeRO-3 needs (each
+        # forward gathers parameters collectively); noise and data still differ per rank.
+        gen = torch.Generator().manual_seed(int(model.draws))
+        model.draws += 1
+        tau, d = sample_tau_d(
+            *z1.shape[:2], self.model_cfg.k_max, self.shortcut.bootstrap_fraction, gen
+        )
         terms = shortcut_loss(
             model.dynamics,
             z1,
@@ -117,6 +125,8 @@ class WorldModelJob:
             self.shortcut,
             self.model_cfg.k_max,
             independent=batch["independent"],
+            tau=tau,
+            d=d,
             norms=model.norms,
         )
         return {k: terms[k] for k in ("loss", "flow", "bootstrap")}

@@ -170,14 +170,18 @@ def train_config(args: argparse.Namespace, *sections: dict[str, Any] | None) -> 
 
 
 def fingerprint(job: Job, cfg: TrainConfig, data: Path) -> str:
-    """Identity of what a job learns: model, loss, learning settings and the data (index files
-    by content, array chunks by size and modification time: re-written data never resumes)."""
+    """Identity of what a job learns: model, loss, learning settings, the code (every module of
+    the package: a changed model or loss must not resume, let alone re-export, an old run) and
+    the data (index files by content, array chunks by size and modification time)."""
     learning = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
     h = hashlib.sha256(
         json.dumps(
             [job.stage, job.config(), learning, str(job.spec)], sort_keys=True, default=str
         ).encode()
     )
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted(package.rglob("*.py")):
+        h.update(source.read_bytes())
     data = Path(data)
     for name in ("dataset.json", "latents.json", "steps.parquet"):
         if (data / name).is_file():
