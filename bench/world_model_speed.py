@@ -8,7 +8,7 @@ does not depend on them):
   for every pass (`generate_without_cache`);
 - "K=4 vs K=64": wall time of the same rollout with 4 and with k_max shortcut steps.
 
-    python bench/world_model_speed.py [--profile tiny] [--horizon 64] [--batch 64]
+    python bench/world_model_speed.py [--profile tiny] [--horizon 64] [--batch 64] [--kv-batch 1 64]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--context", type=int, default=8)
     p.add_argument("--horizon", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--kv-batch", type=int, nargs="+", default=[1], help="KV cache test batches")
     args = p.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())["profiles"][args.profile]
     model_params = params["train_dynamics"]["model"]
@@ -63,16 +64,19 @@ def main() -> None:
     h = 16
     interactive = h / rollout(1, h, 4)
     imagination = args.batch * h / rollout(args.batch, h, 4)
-    cached = rollout(1, args.horizon, 4)
-    recompute = rollout(1, args.horizon, 4, cached=False)
+    kv = {
+        b: (rollout(b, args.horizon, 4), rollout(b, args.horizon, 4, cached=False))
+        for b in args.kv_batch
+    }
     k_max = rollout(1, h, cfg.k_max)
     k4 = h / interactive
     print(f"interactive, batch 1, K=4:           {interactive:8.1f} frames/s")
     print(f"imagination, batch {args.batch}, K=4:         {imagination:8.1f} frames/s")
-    print(
-        f"KV cache, horizon {args.horizon}: {cached:.2f} s vs recompute {recompute:.2f} s "
-        f"= {recompute / cached:.1f}x"
-    )
+    for b, (cached, recompute) in kv.items():
+        print(
+            f"KV cache, batch {b}, horizon {args.horizon}: {cached:.2f} s vs recompute "
+            f"{recompute:.2f} s = {recompute / cached:.1f}x"
+        )
     print(f"K=4 vs K={cfg.k_max}, horizon {h}: {k4:.2f} s vs {k_max:.2f} s = {k_max / k4:.1f}x")
 
 
