@@ -499,7 +499,6 @@ class Trainer:
                 "world_size": self.world,
                 "steps": self.step,
                 "samples": self.step * self.samples_per_step,
-                "fingerprint": self.paths.checkpoints.name,
                 "data": str(self.paths.data),
             }
             ckpt.export(self.paths.out, weights, {**ema, **buffers}, config)
