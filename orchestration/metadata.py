@@ -53,8 +53,11 @@ def episode_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def tokenizer(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
-    """Held-out PSNR/SSIM and the reconstruction grid (original | recon | masked | recon)."""
+def _trained_model(
+    root: Path, outs: tuple[str, ...], prefix: str, image: str, name: str, caption: str
+) -> dict[str, Any]:
+    """What a training stage outputs: steps, model config, its `prefix` DVC metrics from
+    summary.json, and its `image` plot (by suffix) embedded as markdown under `name`."""
     import base64
 
     config = json.loads((root / outs[0] / "config.json").read_text())
@@ -65,49 +68,35 @@ def tokenizer(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     for out in outs:
         path = root / out
         if path.name == "summary.json" and path.is_file():
-            meta.update(
-                {
-                    k: round(v, 4)
-                    for k, v in json.loads(path.read_text()).items()
-                    if k.startswith("tokenizer/")
-                }
-            )
-        if path.suffix == ".png" and path.is_file():
+            summary = json.loads(path.read_text())
+            meta.update({k: round(v, 4) for k, v in summary.items() if k.startswith(prefix)})
+        if path.suffix == image and path.is_file():
             data = base64.b64encode(path.read_bytes()).decode()
-            meta["reconstructions"] = dg.MetadataValue.md(
-                "original | reconstruction | masked input | its reconstruction\n\n"
-                f"![reconstructions](data:image/png;base64,{data})"
+            kind = image.removeprefix(".")
+            meta[name] = dg.MetadataValue.md(
+                f"{caption}\n\n![{name}](data:image/{kind};base64,{data})"
             )
-            meta["reconstructions_file"] = dg.MetadataValue.path(str(path))
+            meta[f"{name}_file"] = dg.MetadataValue.path(str(path))
     return meta
+
+
+def tokenizer(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Held-out PSNR/SSIM and the reconstruction grid (original | recon | masked | recon)."""
+    return _trained_model(
+        root,
+        outs,
+        "tokenizer/",
+        ".png",
+        "reconstructions",
+        "original | reconstruction | masked input | its reconstruction",
+    )
 
 
 def world_model(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     """Held-out rollout PSNR/SSIM (K=4, K=k_max, copy-last-frame) and the rollout animation."""
-    import base64
-
-    config = json.loads((root / outs[0] / "config.json").read_text())
-    meta: dict[str, Any] = {
-        "steps": config["steps"],
-        "model": dg.MetadataValue.json(config["model"]),
-    }
-    for out in outs:
-        path = root / out
-        if path.name == "summary.json" and path.is_file():
-            meta.update(
-                {
-                    k: round(v, 4)
-                    for k, v in json.loads(path.read_text()).items()
-                    if k.startswith("rollout/")
-                }
-            )
-        if path.suffix == ".gif" and path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode()
-            meta["rollouts"] = dg.MetadataValue.md(
-                "real | imagined, K=4 | imagined, K=k_max\n\n"
-                f"![rollouts](data:image/gif;base64,{data})"
-            )
-    return meta
+    return _trained_model(
+        root, outs, "rollout/", ".gif", "rollouts", "real | imagined, K=4 | imagined, K=k_max"
+    )
 
 
 def latent_tokens(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
