@@ -28,6 +28,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dreamer4.stages.train_dynamics",
         "stage train_dynamics → world_model: dynamics transformer by shortcut forcing",
     ),
+    "finetune-agent": (
+        "dreamer4.stages.finetune_agent",
+        "stage finetune_agent → agent (phase 2): task tokens, BC policy and reward heads (MTP); "
+        "with --scratch, stage bc_baseline → bc_agent",
+    ),
+    "train-policy": (
+        "dreamer4.stages.train_policy",
+        "stage train_policy → policy (phase 3): PMPO policy and TD(λ) value in imagination",
+    ),
+    "imagine": (
+        "dreamer4.stages.imagine",
+        "stage imagine → imagination_dataset: rollouts of the prior and trained policy",
+    ),
     "train-reference": (
         "dreamer4.train.reference",
         "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",

@@ -26,9 +26,11 @@ Choices (defaults in `DynamicsConfig`):
   initial value. τ = 1 is therefore accepted and mapped to the last trained level 1 − 1/k_max
   (index clipped), the closest the model has seen to clean. The sampler normally labels its
   context with the context-noise level instead (see `dreamer4.shortcut`).
-- Space mask: none, every token attends every token of its step. In phase 1 no modality has to
-  be hidden (agent tokens of phase 2, which nothing may attend to, will need a `group_mask`),
-  and no mask keeps the fast fused-attention path.
+- Space mask: none, every token attends every token of its step, which keeps the fast
+  fused-attention path. Agent tokens (phase 2, `dreamer4.agent`) are appended after the action
+  token when a caller passes them (`forward_agent`); then a mask lets them attend to every token
+  while no other token attends to them (§3.3), and in time layers each agent position attends
+  only its own past, so the world model's predictions cannot depend on the task.
 - Time: every token attends over time (block-causal); `independent` rows attend only their own
   step, which is how the paper's "30% of videos treated as separate images" is trained.
 - Output: the S_z spatial tokens' outputs, linearly projected to pack · D_b and unpacked. No
@@ -157,6 +159,28 @@ def step_index(d: Tensor, k_max: int) -> Tensor:
     return torch.round(-torch.log2(d.float())).long().clamp(0, levels)
 
 
+def shift_actions(batch: dict[str, Tensor], drop: Tensor | None = None) -> dict[str, Tensor]:
+    """Step-index actions (`action/<name>`, taken *after* frame t) → the model's action tokens
+    (the action leading *into* frame t; -1 = none at the first step). Rows of `drop` (B,) bool
+    lose all actions (the unlabelled-video path)."""
+    out = {}
+    for key, a in batch.items():
+        if key.startswith("action/"):
+            shifted = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], 1)
+            if drop is not None:
+                shifted = torch.where(drop[:, None], torch.full_like(shifted, -1), shifted)
+            out[key.removeprefix("action/")] = shifted
+    return out
+
+
+def agent_mask(tokens: int, agents: int, device: torch.device | None = None) -> Tensor:
+    """Space mask (S, S) for a step whose last `agents` tokens are agent tokens: they attend to
+    everything; the others attend to everything but them."""
+    allowed = torch.ones(tokens, tokens, dtype=torch.bool, device=device)
+    allowed[: tokens - agents, tokens - agents :] = False
+    return allowed
+
+
 class Dynamics(nn.Module):
     """x-prediction network f(z̃, τ, d, a) → ẑ1 over (B, T) sequences of tokenizer latents."""
 
@@ -228,6 +252,22 @@ class Dynamics(nn.Module):
         action leading into frame t, -1 = unlabelled. independent: (B,) bool, rows whose frames
         are separate images. cache: K/V of earlier steps; z then holds only the new steps.
         """
+        return self.forward_agent(z, tau, d, actions, None, independent, cache)[0]
+
+    def forward_agent(
+        self,
+        z: Tensor,
+        tau: Tensor,
+        d: Tensor,
+        actions: dict[str, Tensor] | None,
+        agent: Tensor | None,
+        independent: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`forward` with agent tokens agent (B, T, A, width) appended to every step (read-only:
+        nothing else attends to them). Returns (clean-latent prediction, agent-token outputs
+        (B, T, A, width), or None without agent tokens). A KV cache must always see the same
+        number of agent tokens."""
         cfg = self.cfg
         b, t, n, c = z.shape
         if (n, c) != (cfg.latents, cfg.bottleneck):
@@ -243,6 +283,14 @@ class Dynamics(nn.Module):
             -1,
         ).to(dtype)
         action = self.action_tokens(actions, b, t).to(dtype)
-        tokens = torch.cat([x, registers, noise[:, :, None], action[:, :, None]], 2)
-        h = self.transformer(tokens, independent=independent, cache=cache)
-        return unpack_latents(self.readout(h[:, :, : cfg.spatial]), cfg.pack)
+        parts = [x, registers, noise[:, :, None], action[:, :, None]]
+        mask, agents = None, 0
+        if agent is not None:
+            agents = agent.shape[2]
+            if agent.shape != (b, t, agents, cfg.width):
+                raise ValueError(f"agent tokens must be (B, T, A, {cfg.width}), got {agent.shape}")
+            parts.append(agent.to(dtype))
+            mask = agent_mask(cfg.tokens + agents, agents, z.device)
+        h = self.transformer(torch.cat(parts, 2), mask, independent=independent, cache=cache)
+        pred = unpack_latents(self.readout(h[:, :, : cfg.spatial]), cfg.pack)
+        return pred, (h[:, :, cfg.tokens :] if agents else None)

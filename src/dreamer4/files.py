@@ -27,3 +27,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write text to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes (a training job's upstream weights belong to its identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -107,7 +107,7 @@ def _device(generator: torch.Generator | None) -> torch.device:
     return torch.device("cpu") if generator is None else generator.device
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     if generator is None:
         return torch.randn_like(x)
     z = torch.randn(x.shape, generator=generator, device=generator.device)
@@ -187,7 +187,7 @@ def shortcut_loss(
     if tau is None or d is None:
         tau, d = sample_tau_d(b, t, k_max, cfg.bootstrap_fraction, generator, z1.device)
     tau, d = tau.to(z1.device, torch.float32), d.to(z1.device, torch.float32)
-    z0 = _randn_like(z1, generator) if noise is None else noise.to(z1)
+    z0 = randn_like(z1, generator) if noise is None else noise.to(z1)
     tau_ = tau[..., None, None].to(z1.dtype)
     zt = (1 - tau_) * z0 + tau_ * z1
     pred = model(zt, tau, d, actions, independent=independent)
@@ -303,6 +303,23 @@ def _euler(x: Tensor, pred: Tensor, tau: float, d: float, clamp: float) -> Tenso
     return x + (pred - x) / max(1.0 - tau, clamp) * d
 
 
+def denoise(
+    predict: Callable[[Tensor, float, float], Tensor], noise: Tensor, steps: int, clamp: float
+) -> Tensor:
+    """A new frame from noise in `steps` shortcut steps of d = 1/steps: predict(x, τ, d) gives
+    the x-prediction of the current iterate (callers run the model against their KV cache and
+    roll it back)."""
+    x, d = noise, 1.0 / steps
+    for k in range(steps):
+        x = _euler(x, predict(x, k * d, d), k * d, d, clamp)
+    return x
+
+
+def noise_context(x: Tensor, tau_ctx: float, generator: torch.Generator | None) -> Tensor:
+    """A frame as context: noised to the signal level it is labelled with, τ_ctx."""
+    return (1 - tau_ctx) * randn_like(x, generator) + tau_ctx * x
+
+
 @torch.no_grad()
 def generate(
     model: Dynamics,
@@ -328,10 +345,10 @@ def generate(
     k_max = model.cfg.k_max if k_max is None else k_max
     _check_sampling(context, actions, horizon, steps, k_max, context_window)
     b, c = context.shape[:2]
-    tau_ctx, d_min, d = context_level(cfg.context_noise, k_max), 1.0 / k_max, 1.0 / steps
+    tau_ctx, d_min = context_level(cfg.context_noise, k_max), 1.0 / k_max
     cache = model.new_cache()
     if c:
-        noised = (1 - tau_ctx) * _randn_like(context, generator) + tau_ctx * context
+        noised = noise_context(context, tau_ctx, generator)
         ctx_tau, ctx_d = _full(b, c, tau_ctx, context), _full(b, c, d_min, context)
         model(noised, ctx_tau, ctx_d, _slice(actions, 0, c), cache=cache)
     frames = []
@@ -339,17 +356,20 @@ def generate(
         t = c + i
         if context_window is not None:
             cache.crop(context_window)
-        length = cache.length
-        x = _randn_like(context[:, :1] if c else _empty_frame(model, b, context), generator)
-        for k in range(steps):
-            tau = k * d
-            labels = _full(b, 1, tau, x), _full(b, 1, d, x)
-            pred = model(x, *labels, _slice(actions, t, t + 1), cache=cache)
+        length, step_actions = cache.length, _slice(actions, t, t + 1)
+
+        def predict(
+            x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
+        ) -> Tensor:
+            pred = model(x, _full(b, 1, tau, x), _full(b, 1, d, x), step_actions, cache=cache)
             cache.truncate(length)
-            x = _euler(x, pred, tau, d, cfg.tau_clamp)
+            return pred
+
+        noise = randn_like(context[:, :1] if c else _empty_frame(model, b, context), generator)
+        x = denoise(predict, noise, steps, cfg.tau_clamp)
         frames.append(x)
         if i < horizon - 1:  # commit the frame as (noised) context for the next one
-            noised = (1 - tau_ctx) * _randn_like(x, generator) + tau_ctx * x
+            noised = noise_context(x, tau_ctx, generator)
             labels = _full(b, 1, tau_ctx, x), _full(b, 1, d_min, x)
             model(noised, *labels, _slice(actions, t, t + 1), cache=cache)
     return torch.cat(frames, 1) if frames else _empty_frame(model, b, context)[:, :0]
@@ -382,11 +402,11 @@ def generate_without_cache(
     _check_sampling(context, actions, horizon, steps, k_max, context_window)
     b, c = context.shape[:2]
     tau_ctx, d_min, d = context_level(cfg.context_noise, k_max), 1.0 / k_max, 1.0 / steps
-    past = (1 - tau_ctx) * _randn_like(context, generator) + tau_ctx * context if c else None
+    past = noise_context(context, tau_ctx, generator) if c else None
     frames = []
     for i in range(horizon):
         t = c + i
-        x = _randn_like(context[:, :1] if c else _empty_frame(model, b, context), generator)
+        x = randn_like(context[:, :1] if c else _empty_frame(model, b, context), generator)
         for k in range(steps):
             tau = k * d
             seq = x if past is None else torch.cat([past, x], 1)
@@ -400,6 +420,6 @@ def generate_without_cache(
             x = _euler(x, pred, tau, d, cfg.tau_clamp)
         frames.append(x)
         if i < horizon - 1:
-            noised = (1 - tau_ctx) * _randn_like(x, generator) + tau_ctx * x
+            noised = noise_context(x, tau_ctx, generator)
             past = noised if past is None else torch.cat([past, noised], 1)
     return torch.cat(frames, 1) if frames else _empty_frame(model, b, context)[:, :0]

@@ -22,6 +22,7 @@ the context limited to the `sequence` length the tokenizer was trained on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -238,3 +239,14 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
 
 def config_dict(cfg: TokenizerConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def load_tokenizer(folder: Path, ema: bool = False) -> tuple[Tokenizer, dict[str, Any]]:
+    """The tokenizer of a `train_tokenizer` output folder (eval mode) and its config."""
+    from dreamer4.train.checkpoint import load_exported
+
+    weights, config = load_exported(folder, ema=ema)
+    fields = TokenizerConfig.__dataclass_fields__
+    model = Tokenizer(TokenizerConfig(**{k: v for k, v in config["model"].items() if k in fields}))
+    model.load_state_dict(weights)
+    return model.eval(), config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamer4.stages.train_dynamics import shift_actions
+from dreamer4.dynamics import shift_actions
 
 
 def test_actions_are_shifted_to_lead_into_each_frame() -> None:

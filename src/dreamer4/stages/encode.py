@@ -96,17 +96,13 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
     from tqdm import tqdm
 
     from dreamer4.episodes.dataset import load_chunk, write_json
-    from dreamer4.tokenizer import Tokenizer, TokenizerConfig
-    from dreamer4.train.checkpoint import load_exported
+    from dreamer4.tokenizer import TokenizerConfig, load_tokenizer
 
-    weights, config = load_exported(tokenizer_dir, ema=False)
+    model, config = load_tokenizer(tokenizer_dir)
+    cfg = model.cfg
     model_cfg = {
         k: v for k, v in config["model"].items() if k in TokenizerConfig.__dataclass_fields__
     }
-    cfg = TokenizerConfig(**model_cfg)
-    model = Tokenizer(cfg)
-    model.load_state_dict(weights)
-    model.eval()
     steps = pd.read_parquet(data / "steps.parquet")
     if steps.empty:
         raise StageError(f"{data / 'steps.parquet'}: no steps to encode")

@@ -40,21 +40,6 @@ def _known(cls: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
     return values
 
 
-def shift_actions(batch: dict[str, Any], drop: Any = None) -> dict[str, Any]:
-    """Step-index actions (taken after frame t) → actions leading into frame t (-1 = none);
-    rows of `drop` (B,) lose all actions."""
-    import torch
-
-    out = {}
-    for key, a in batch.items():
-        if key.startswith("action/"):
-            shifted = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], 1)
-            if drop is not None:
-                shifted = torch.where(drop[:, None], torch.full_like(shifted, -1), shifted)
-            out[key.removeprefix("action/")] = shifted
-    return out
-
-
 class WorldModelJob:
     stage = "train_dynamics"
     evaluate_with_ema = True
@@ -106,6 +91,7 @@ class WorldModelJob:
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
+        from dreamer4.dynamics import shift_actions
         from dreamer4.shortcut import sample_tau_d, shortcut_loss
 
         z1 = batch["latents"].float()
@@ -158,7 +144,9 @@ class WorldModelJob:
             if not np.array_equal(frames.episode_ids, data.episode_ids):
                 raise StageError(f"{self.data} and {self.episodes} index different episodes")
             batch = {
-                k: torch.stack([it[k] for it in items]) for k in items[0] if k != "independent"
+                k: torch.stack([it[k] for it in items])
+                for k in items[0]
+                if k not in ("independent", "relevant")
             }
             batch["frames"] = torch.stack([frames[w]["frames"] for w in windows])
             self._heldout = batch
@@ -169,23 +157,12 @@ class WorldModelJob:
             return {}
         import torch
 
+        from dreamer4.dynamics import shift_actions
         from dreamer4.shortcut import generate
-        from dreamer4.tokenizer import Tokenizer, TokenizerConfig, psnr, ssim
-        from dreamer4.train.checkpoint import load_exported
+        from dreamer4.tokenizer import load_tokenizer, psnr, ssim
 
         device = next(model.parameters()).device
-        weights, config = load_exported(self.tokenizer_dir, ema=False)
-        tok = Tokenizer(
-            TokenizerConfig(
-                **{
-                    k: v
-                    for k, v in config["model"].items()
-                    if k in TokenizerConfig.__dataclass_fields__
-                }
-            )
-        )
-        tok.load_state_dict(weights)
-        tok.to(device).eval()
+        tok = load_tokenizer(self.tokenizer_dir)[0].to(device)
         batch = {k: v.to(device) for k, v in self.heldout().items()}
         c, h = self.rollout["context"], self.rollout["horizon"]
         actions = shift_actions(batch)
@@ -217,31 +194,16 @@ class WorldModelJob:
 
     def write_rollouts(self, per_step: dict[str, Any], real: Any, shown: dict[int, Any]) -> None:
         import pandas as pd
-        import torch
-        from PIL import Image
 
         from dreamer4.files import atomic_path
+        from dreamer4.preview import save_grid_gif
 
         self.metrics.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame({k: v.numpy() for k, v in per_step.items()})
         with atomic_path(self.metrics / ROLLOUT_TSV) as tmp:
             table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
         columns = [real, *(shown[k] for k in sorted(shown))]  # real | K=4 | K=k_max
-        n = min(4, real.shape[0])
-        frames = []
-        for t in range(real.shape[1]):
-            grid = torch.cat([torch.cat([col[i, t] for col in columns], 1) for i in range(n)], 0)
-            pixels = ((grid + 1) * 127.5).round().byte().cpu().numpy()
-            scale = max(1, 96 // real.shape[2])
-            frames.append(
-                Image.fromarray(pixels).resize(
-                    (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.Resampling.NEAREST
-                )
-            )
-        with atomic_path(self.metrics / ROLLOUT_GIF) as tmp:
-            frames[0].save(
-                tmp, format="GIF", save_all=True, append_images=frames[1:], duration=250, loop=0
-            )
+        save_grid_gif(self.metrics / ROLLOUT_GIF, columns)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -252,18 +214,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", default=None, help="episode dataset (real frames for rollouts)")
 
 
-def run(args: argparse.Namespace) -> int:
+def world_model_configs(own: dict[str, Any], data: Path) -> tuple[Any, Any]:
+    """(DynamicsConfig, ShortcutConfig) of `profiles.<p>.train_dynamics` for a latents folder:
+    latents and bottleneck from its latents.json, action components from its step index."""
     import pandas as pd
 
     from dreamer4.dynamics import DynamicsConfig, action_spec
     from dreamer4.episodes.dataset import COMPONENTS
     from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.train.engine import StageSettings, train_stage
-    from dreamer4.train.sequences import SequenceSpec
 
-    settings = StageSettings.load(args, WorldModelJob.stage)
-    own, paths = settings.own, settings.paths
-    data = Path(args.data or paths.get("latents", "data/latents"))
     meta = data / "latents.json"
     if not meta.is_file():
         raise FileNotFoundError(f"{meta}: not a latents folder (run `dreamer4 encode` first)")
@@ -282,6 +241,17 @@ def run(args: argparse.Namespace) -> int:
     shortcut = ShortcutConfig(
         **_known(ShortcutConfig, own.get("shortcut", {}), "train_dynamics.shortcut")
     )
+    return model_cfg, shortcut
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.sequences import SequenceSpec
+
+    settings = StageSettings.load(args, WorldModelJob.stage)
+    own, paths = settings.own, settings.paths
+    data = Path(args.data or paths.get("latents", "data/latents"))
+    model_cfg, shortcut = world_model_configs(own, data)
     seq = _known(SequenceSpec, dict(own.get("sequence", {"length": 8})), "train_dynamics.sequence")
     spec = SequenceSpec(**{**seq, "arrays": ("latents",), "actions": True, "fields": ()})
     rollout = {"sequences": 8, "context": 8, "horizon": 8, **own.get("rollout", {})}

@@ -8,6 +8,13 @@ to generate start frames without context). Windows are uniform over all valid st
 Batch `i` of rank `r` is a pure function of (seed, r, i): the loader has no hidden state, so a
 resumed job continues exactly where it stopped by starting at its saved data position, and
 DataLoader workers need no random state of their own.
+
+Agent stages (paper §4.1) also name a task vocabulary (`tasks`: the dataset's `event/<name>`
+columns) and a `relevant_fraction`: that share of each micro-batch (always its last rows, the
+same count on every rank) is drawn around a task event — an event row is picked uniformly over
+all of them, then the window start uniformly among the starts whose window holds it — and
+flagged `relevant`; the rest stay uniform. Items then carry `task` (index of the row's `task`
+column in the vocabulary, -1 when none) and `events` (T, K) bool.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ class SequenceSpec:
     arrays: tuple[str, ...] = ("frames",)  # per-frame arrays: `frames` (uint8), `latents` (f16)
     actions: bool = True
     fields: tuple[str, ...] = STEP_FIELDS
+    tasks: tuple[str, ...] = ()  # task vocabulary (event names): items get `task` and `events`
+    relevant_fraction: float = 0.0  # share of rows drawn around a task event (`relevant`)
+
+    def relevant_rows(self, batch: int) -> int:
+        """Rows of a micro-batch drawn around an event: the last ones, a fixed count."""
+        return int(round(batch * self.relevant_fraction)) if self.tasks else 0
 
     def length_of(self, index: int) -> int:
         """Sequence length of batch `index` (all ranks agree, so steps stay in lockstep)."""
@@ -59,6 +72,7 @@ class Window:
     start: int
     length: int
     independent: bool
+    relevant: bool = False
 
 
 class EpisodeSequences(Dataset):
@@ -86,6 +100,18 @@ class EpisodeSequences(Dataset):
             f: steps[f].to_numpy(dtype=np.float32 if f == "reward" else bool).copy()
             for f in spec.fields
         }
+        self.task = self.events = None
+        if spec.tasks:
+            missing = [t for t in spec.tasks if f"event/{t}" not in steps.columns]
+            if missing or "task" not in steps.columns:
+                raise StageError(
+                    f"{self.dataset}: step index lacks task columns "
+                    f"{['task'] if 'task' not in steps.columns else []}"
+                    f"{[f'event/{t}' for t in missing]}"
+                )
+            codes = pd.Categorical(steps["task"], categories=list(spec.tasks)).codes
+            self.task = codes.astype(np.int64)  # -1 where no task or one outside the vocabulary
+            self.events = np.stack([steps[f"event/{t}"].to_numpy(bool) for t in spec.tasks], 1)
         self._chunks: dict[tuple[str, int], np.ndarray] = {}
         for length in {spec.length, spec.long_length} - {0}:
             if self.lengths.max() < length:
@@ -106,7 +132,7 @@ class EpisodeSequences(Dataset):
         rows = slice(
             self.offsets[w.episode] + w.start, self.offsets[w.episode] + w.start + w.length
         )
-        item: dict[str, Any] = {"independent": w.independent}
+        item: dict[str, Any] = {"independent": w.independent, "relevant": w.relevant}
         chunk, first = int(self.frame_chunk[rows.start]), int(self.frame_index[rows.start])
         for name in self.spec.arrays:
             if (name, chunk) not in self._chunks:  # opened lazily, inside each worker process
@@ -119,7 +145,19 @@ class EpisodeSequences(Dataset):
             item[name] = torch.from_numpy(values[rows])
         for name, values in self.columns.items():
             item[name] = torch.from_numpy(values[rows])
+        if self.task is not None and self.events is not None:
+            item["task"] = torch.from_numpy(self.task[rows])
+            item["events"] = torch.from_numpy(self.events[rows])
         return item
+
+    def event_rows(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(episode, step) of every task event in an episode at least `length` long."""
+        if self.events is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.flatnonzero(self.events.any(1))
+        episode = np.searchsorted(self.offsets, rows, side="right") - 1
+        keep = self.lengths[episode] >= length
+        return episode[keep], (rows - self.offsets[episode])[keep]
 
 
 def _ints(column: pd.Series) -> np.ndarray:
@@ -135,7 +173,16 @@ class WindowSampler(Sampler):
     ) -> None:
         self.data, self.batch, self.seed, self.rank, self.start = data, batch, seed, rank, start
         spec = data.spec
-        self._weights = {t: data.window_weights(t) for t in {spec.length, spec.long_length} - {0}}
+        lengths = {spec.length, spec.long_length} - {0}
+        self._weights = {t: data.window_weights(t) for t in lengths}
+        self.relevant = spec.relevant_rows(batch)
+        self._events = {t: data.event_rows(t) for t in lengths} if self.relevant else {}
+        for t, (episodes, _) in self._events.items():
+            if not len(episodes):
+                raise StageError(
+                    f"{data.dataset}: no `{spec.split}` episode of {t}+ steps has a task event "
+                    f"({', '.join(spec.tasks)}); relevant windows cannot be drawn"
+                )
 
     def windows(self, index: int) -> list[Window]:
         rng = np.random.default_rng([self.seed, self.rank, index])
@@ -143,10 +190,18 @@ class WindowSampler(Sampler):
         episodes = rng.choice(len(self.data.lengths), size=self.batch, p=self._weights[length])
         starts = rng.integers(0, self.data.lengths[episodes] - length + 1)
         independent = rng.random(self.batch) < self.data.spec.image_fraction
-        return [
+        windows = [
             Window(int(e), int(s), length, bool(i))
             for e, s, i in zip(episodes, starts, independent, strict=True)
         ]
+        if self.relevant:
+            event_episodes, event_steps = self._events[length]
+            pick = rng.integers(0, len(event_episodes), self.relevant)
+            for row, k in zip(range(self.batch - self.relevant, self.batch), pick, strict=True):
+                e, at = int(event_episodes[k]), int(event_steps[k])
+                lo, hi = max(0, at - length + 1), min(at, int(self.data.lengths[e]) - length)
+                windows[row] = Window(e, int(rng.integers(lo, hi + 1)), length, False, True)
+        return windows
 
     def __iter__(self) -> Iterator[list[Window]]:
         index = self.start

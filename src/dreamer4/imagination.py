@@ -1,0 +1,124 @@
+"""Imagination rollouts (paper §3.3, phase 3): the policy acting inside the world model.
+
+A rollout starts from a context of real latents (one rollout per context, as the paper does,
+for diversity and memory) and a task. The context, noised to the sampler's context level, is
+fed once into the KV cache with the agent tokens; the agent output at the last context frame is
+s_0. Then, H times: the policy head (offset 0) samples a_t from h_t — sampled, never argmax —,
+the shortcut sampler generates the next frame given a_t (K steps against the cache, rolled
+back), and one commit pass of that frame at the context level appends it to the cache and gives
+h_{t+1}, from which the reward head reads r_{t+1} (the reward arriving with the frame, see
+`dreamer4.agent`) and the value head v_{t+1}.
+
+The world model has no termination head (Crafter episodes in the data end by time limit or
+death, rarely within an imagined horizon), so every continuation flag is 1. Rewards are the
+two-hot expectation of the reward head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dreamer4.agent import Agent
+from dreamer4.shortcut import ShortcutConfig, context_level, denoise, noise_context, randn_like
+
+
+@dataclass
+class Rollout:
+    """What one batch of rollouts produced (index t = state s_t)."""
+
+    latents: Tensor  # (B, H, N_b, D_b) imagined frames s_1 … s_H
+    actions: dict[str, Tensor]  # name → (B, H): a_t taken at s_t, t = 0 … H−1
+    features: Tensor  # (B, H + 1, width): agent outputs h_0 … h_H
+    rewards: Tensor  # (B, H): r_1 … r_H (reward head, offset 0, at s_1 … s_H)
+    task: Tensor  # (B,)
+
+    @property
+    def continues(self) -> Tensor:
+        return torch.ones_like(self.rewards)
+
+
+def _full(b: int, t: int, value: float, like: Tensor) -> Tensor:
+    return torch.full((b, t), value, device=like.device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def imagine(
+    agent: Agent,
+    context: Tensor,
+    context_actions: dict[str, Tensor] | None,
+    task: Tensor,
+    horizon: int,
+    steps: int = 4,
+    cfg: ShortcutConfig | None = None,
+    policy: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    context_window: int | None = None,
+) -> Rollout:
+    """Roll out `horizon` steps from context (B, C, N_b, D_b), C ≥ 1.
+
+    context_actions: name → (B, C), the actions leading into the context frames (model
+    convention, `dynamics.shift_actions`). task: (B,) long, the task each rollout is prompted
+    with. policy: h (B, width) → action logits (B, A) (default: the agent's policy head at
+    offset 0). context_window: most past frames the cache keeps (None = all); keep C + H within
+    the lengths the world model was trained on, or crop to them.
+    """
+    b, c = context.shape[:2]
+    if c < 1 or horizon < 1 or task.shape != (b,):
+        raise ValueError(f"need a context of >= 1 frame, horizon >= 1 and task (B,) = ({b},)")
+    cfg = cfg or ShortcutConfig()
+    act = policy or (lambda h: agent.policy(h, 1)[:, 0])
+    k_max = agent.dynamics.cfg.k_max
+    tau_ctx, d_min = context_level(cfg.context_noise, k_max), 1.0 / k_max
+    cache = agent.new_cache()
+    one_task = task[:, None]
+    _, h = agent(
+        noise_context(context.float(), tau_ctx, generator),
+        _full(b, c, tau_ctx, context),
+        _full(b, c, d_min, context),
+        context_actions,
+        one_task.expand(b, c),
+        cache=cache,
+    )
+    features, frames, rewards = [h[:, -1]], [], []
+    actions: dict[str, list[Tensor]] = {name: [] for name, _, _ in agent.space.components}
+    for _ in range(horizon):
+        chosen = agent.space.sample(act(features[-1]), generator)
+        for name, value in chosen.items():
+            actions[name].append(value)
+        step_actions = {name: value[:, None] for name, value in chosen.items()}
+        if context_window is not None:
+            cache.crop(context_window)
+        length = cache.length
+
+        def predict(
+            x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
+        ) -> Tensor:
+            pred, _ = agent(
+                x, _full(b, 1, tau, x), _full(b, 1, d, x), step_actions, one_task, cache=cache
+            )
+            cache.truncate(length)
+            return pred
+
+        x = denoise(predict, randn_like(context[:, :1].float(), generator), steps, cfg.tau_clamp)
+        frames.append(x)
+        _, h = agent(
+            noise_context(x, tau_ctx, generator),
+            _full(b, 1, tau_ctx, x),
+            _full(b, 1, d_min, x),
+            step_actions,
+            one_task,
+            cache=cache,
+        )
+        features.append(h[:, 0])
+        rewards.append(agent.twohot.decode(agent.reward(h[:, 0], 1)[:, 0]))
+    return Rollout(
+        latents=torch.cat(frames, 1),
+        actions={name: torch.stack(v, 1) for name, v in actions.items()},
+        features=torch.stack(features, 1),
+        rewards=torch.stack(rewards, 1),
+        task=task,
+    )
