@@ -56,6 +56,29 @@ def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheck
     )
 
 
+def imagination_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
+    """The imagination suite of `imagine` on the files on disk: all finite, rewards and values
+    within the two-hot range of the heads, one row per rollout step."""
+    import json
+
+    import pandas as pd
+
+    from dreamer4.stages.imagine import validate_rollouts
+
+    folder = repo_root / outs[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    table = pd.read_parquet(folder / "rollouts.parquet")
+    report = validate_rollouts(table, summary["rollouts"], summary["horizon"], *summary["range"])
+    return dg.AssetCheckResult(
+        passed=report.success,
+        metadata={
+            "expectations": report.evaluated,
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
+            "rows": len(table),
+        },
+    )
+
+
 # asset name -> (check name, description, function of (repo root, stage outs))
 CHECKS: dict[str, tuple[str, str, Callable[[Path, tuple[str, ...]], dg.AssetCheckResult]]] = {
     "episode_dataset": (
@@ -67,5 +90,10 @@ CHECKS: dict[str, tuple[str, str, Callable[[Path, tuple[str, ...]], dg.AssetChec
         "latent_tokens_suite",
         "great-expectations suite over the latents: finite, within [-1, 1], shapes, one per step",
         latent_tokens_suite,
+    ),
+    "imagination_dataset": (
+        "imagination_dataset_suite",
+        "great-expectations suite over the rollouts: finite, rewards/values in the two-hot range",
+        imagination_dataset_suite,
     ),
 }

@@ -54,7 +54,12 @@ def episode_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _trained_model(
-    root: Path, outs: tuple[str, ...], prefix: str, image: str, name: str, caption: str
+    root: Path,
+    outs: tuple[str, ...],
+    prefix: str,
+    image: str | None = None,
+    name: str = "",
+    caption: str = "",
 ) -> dict[str, Any]:
     """What a training stage outputs: steps, model config, its `prefix` DVC metrics from
     summary.json, and its `image` plot (by suffix) embedded as markdown under `name`."""
@@ -70,7 +75,7 @@ def _trained_model(
         if path.name == "summary.json" and path.is_file():
             summary = json.loads(path.read_text())
             meta.update({k: round(v, 4) for k, v in summary.items() if k.startswith(prefix)})
-        if path.suffix == image and path.is_file():
+        if image and path.suffix == image and path.is_file():
             data = base64.b64encode(path.read_bytes()).decode()
             kind = image.removeprefix(".")
             meta[name] = dg.MetadataValue.md(
@@ -99,6 +104,48 @@ def world_model(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     )
 
 
+def agent(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Held-out BC NLL/accuracy and reward prediction of the phase-2 agent (or the BC baseline)."""
+    meta = _trained_model(root, outs, "agent/")
+    config = json.loads((root / outs[0] / "config.json").read_text())
+    meta["tasks"] = len(config["model"]["agent"]["tasks"])
+    meta["pretrained"] = bool(config["model"]["pretrained"])
+    return meta
+
+
+def policy(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Last logged imagined return, value and PMPO terms of phase 3."""
+    return _trained_model(root, outs, "loss/")
+
+
+def imagination_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """Returns before/after phase 3, the per-task table and the decoded preview."""
+    import base64
+
+    import pandas as pd
+
+    folder = root / outs[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    meta: dict[str, Any] = {
+        "rollouts": summary["rollouts"],
+        "horizon": summary["horizon"],
+        "return_before": round(summary["mean_return"]["bc"], 4),
+        "return_after": round(summary["mean_return"]["dreamer4"], 4),
+    }
+    table = root / "metrics/imagine/returns.tsv"
+    if table.is_file():
+        meta["returns_by_task"] = dg.MetadataValue.md(
+            pd.read_csv(table, sep="\t").to_markdown(index=False, floatfmt=".4f")
+        )
+    gif = folder / "preview.gif"
+    if gif.is_file():
+        data = base64.b64encode(gif.read_bytes()).decode()
+        meta["preview"] = dg.MetadataValue.md(
+            f"cloned policy | trained policy\n\n![preview](data:image/gif;base64,{data})"
+        )
+    return meta
+
+
 def latent_tokens(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     summary = json.loads((root / outs[0] / "latents.json").read_text())
     return {
@@ -115,6 +162,10 @@ METADATA: dict[str, Callable[[Path, tuple[str, ...]], dict[str, Any]]] = {
     "tokenizer": tokenizer,
     "latent_tokens": latent_tokens,
     "world_model": world_model,
+    "agent": agent,
+    "bc_agent": agent,
+    "policy": policy,
+    "imagination_dataset": imagination_dataset,
 }
 
 

@@ -105,6 +105,15 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     dynamics["sequence"].update(length=4, long_length=8, long_every=2)
     dynamics["rollout"].update(sequences=2, context=4, horizon=2)
     dynamics["train"].update(steps=4, micro_batch=2, checkpoint_every=2)
+    agent = tiny["finetune_agent"]
+    agent["agent"].update(mtp=2, bins=41)
+    agent["sequence"].update(length=4)
+    agent["eval_sequences"] = 2
+    agent["train"].update(steps=4, micro_batch=4, checkpoint_every=2)
+    policy = tiny["train_policy"]
+    policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2)
+    policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2)
+    tiny["imagine"].update(contexts=2, batch=2)
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

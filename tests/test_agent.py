@@ -65,11 +65,11 @@ def test_agent_kv_cache_matches_full_sequence():
     with torch.no_grad():
         _, full = agent(z, tau, d, actions, task)
         cache = agent.new_cache()
-        steps = [
-            agent(z[:, i : i + 1], tau[:, :1], d[:, :1], {"crafter": actions["crafter"][:, i : i + 1]},
-                  task[:, :1], cache=cache)[1]
-            for i in range(t)
-        ]  # fmt: skip
+        steps = []
+        for i in range(t):
+            step_actions = {"crafter": actions["crafter"][:, i : i + 1]}
+            h = agent(z[:, i : i + 1], tau[:, :1], d[:, :1], step_actions, task[:, :1], cache=cache)
+            steps.append(h[1])
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
 
 

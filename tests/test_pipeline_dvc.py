@@ -1,5 +1,5 @@
-"""`dvc repro`: every stage runs, a second run is a no-op, an ingest param reruns ingest and what
-depends on it, profiles switch."""
+"""`dvc repro`: every stage runs, a second run is a no-op, a phase-3 param reruns that stage and
+what depends on it only, profiles switch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,25 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from dreamer4.episodes.dataset import load_chunk, load_steps
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from tests.conftest import make_dvc_repo, vpt_frames
+
+
+STAGES = (
+    "collect",
+    "ingest",
+    "train_tokenizer",
+    "encode",
+    "train_dynamics",
+    "finetune_agent",
+    "bc_baseline",
+    "train_policy",
+    "imagine",
+)
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -24,7 +38,7 @@ def dvc(root: Path, *args: str) -> str:
 def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     root = make_dvc_repo(tmp_path / "repo")
     first = dvc(root, "repro")
-    for stage in ("collect", "ingest", "train_tokenizer", "encode", "train_dynamics"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first, stage
     # the training stage ran 2 ranks through torchrun (launcher and nproc from params.yaml)
     config = json.loads((root / "models/tokenizer/config.json").read_text())
@@ -33,6 +47,17 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     assert latents["steps"] == len(load_steps(root / "data/episodes"))
     shown = dvc(root, "metrics", "show")
     assert "tokenizer/psnr_heldout" in shown and "rollout/psnr_copy_last" in shown
+    for metric in ("agent/bc_nll_heldout", "imagination/return_before", "imagination/return_after"):
+        assert metric in shown, metric
+    # agent (WM+BC), its BC-from-scratch baseline, the policy, and what the policy imagines
+    agent = json.loads((root / "models/agent/config.json").read_text())["model"]
+    bc = json.loads((root / "models/bc_agent/config.json").read_text())["model"]
+    assert agent["pretrained"] and not bc["pretrained"]
+    assert "collect_wood" in agent["agent"]["tasks"] and len(agent["agent"]["tasks"]) == 22
+    rollouts = pd.read_parquet(root / "data/imagination/rollouts.parquet")
+    assert len(rollouts) == 2 * 2 * 2  # (bc, dreamer4) × 2 contexts × horizon 2
+    assert set(rollouts["policy"]) == {"bc", "dreamer4"}
+    assert np.isfinite(rollouts[["reward", "value", "return"]].to_numpy()).all()
     assert len(list((root / "data/raw").glob("*.mp4"))) == 3
     steps = load_steps(root / "data/episodes")
     assert steps["episode"].nunique() == 3 and load_chunk(root / "data/episodes", 0).shape[1] == 32
@@ -41,18 +66,20 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     assert "Data and pipelines are up to date." in again
     assert "Running stage" not in again
 
+    # a phase-3 param: exactly train_policy and what depends on it rerun
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["profiles"]["tiny"]["ingest"]["resolution"] = 16
+    params["profiles"]["tiny"]["train_policy"]["imagination"]["lam"] = 0.9
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(root, "repro")
-    assert "Stage 'collect' didn't change, skipping" in changed
-    assert "Running stage 'ingest'" in changed and "Running stage 'encode'" in changed
-    assert load_chunk(root / "data/episodes", 0).shape[1:] == (16, 16, 3)
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in changed}
+    assert ran == {"train_policy", "imagine"}, changed
+    policy = json.loads((root / "models/policy/config.json").read_text())["model"]
+    assert policy["imagination"]["lam"] == 0.9
     assert dvc(root, "status").strip().endswith("Data and pipelines are up to date.")
 
     # A whole-profile switch as a DVC experiment reruns collect and ingest with the other profile
     # (the training stages downstream would rerun too; they were exercised above).
-    subprocess.run(["git", "commit", "-qam", "res 16"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qam", "lambda 0.9"], cwd=root, check=True)
     exp = dvc(root, "exp", "run", "-S", "profile=alt", "ingest")  # training stages: above
     assert "Running stage 'collect'" in exp and "Running stage 'ingest'" in exp
     assert yaml.safe_load((root / "params.yaml").read_text())["profile"] == "alt"

@@ -33,11 +33,19 @@ def test_graph_is_read_from_dvc_yaml():
         "tokenizer",
         "latent_tokens",
         "world_model",
+        "agent",
+        "bc_agent",
+        "policy",
+        "imagination_dataset",
     ]
     assert stages["episode_dataset"].upstream == ("raw_episodes",)
     assert stages["tokenizer"].upstream == ("episode_dataset",)
     assert set(stages["latent_tokens"].upstream) == {"tokenizer", "episode_dataset"}
     assert set(stages["world_model"].upstream) == {"latent_tokens", "tokenizer", "episode_dataset"}
+    assert set(stages["agent"].upstream) == {"latent_tokens", "world_model"}
+    assert stages["bc_agent"].upstream == ("latent_tokens",)
+    assert set(stages["policy"].upstream) == {"latent_tokens", "agent"}
+    assert set(stages["imagination_dataset"].upstream) == {"latent_tokens", "policy", "tokenizer"}
     assert stages["raw_episodes"].upstream == ()
     assert stages["episode_dataset"].outs == ("data/episodes",)
     assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
@@ -58,7 +66,11 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     assert mats["episode_dataset"]["episodes"].value == 2
     assert mats["episode_dataset"]["quarantined"].value == 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"episode_dataset_suite", "latent_tokens_suite"}
+    assert set(checks) == {
+        "episode_dataset_suite",
+        "latent_tokens_suite",
+        "imagination_dataset_suite",
+    }
     assert all(c.passed for c in checks.values())
     assert checks["episode_dataset_suite"].metadata["expectations"].value >= 14
     assert checks["latent_tokens_suite"].metadata["expectations"].value == 7
@@ -69,6 +81,14 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     wm = mats["world_model"]
     assert wm["steps"].value == 4 and "data:image/gif;base64," in wm["rollouts"].value
     assert {"rollout/psnr_k4", "rollout/psnr_k8", "rollout/psnr_copy_last"} <= set(wm)
+    assert (
+        mats["agent"]["pretrained"].value is True and mats["bc_agent"]["pretrained"].value is False
+    )
+    assert "agent/bc_nll_heldout" in mats["agent"] and mats["agent"]["tasks"].value == 22
+    assert mats["policy"]["steps"].value == 2 and "loss/return" in mats["policy"]
+    imagined = mats["imagination_dataset"]
+    assert imagined["rollouts"].value == 4 and "data:image/gif;base64," in imagined["preview"].value
+    assert "| task" in imagined["returns_by_task"].value
 
     again = job.execute_in_process(instance=instance)
     mats = materializations(again)

@@ -8,15 +8,16 @@ frozen world model and are scored by the same reward and value heads, so their i
 returns compare like with like: DVC metrics `imagination/return_before` and
 `imagination/return_after` (mean over rollouts of the summed predicted rewards).
 
-Folder (`data/imagination/`):
+Folder (`data/imagination/`, columns in docs/agent.md):
 
-| file | content |
-|---|---|
-| `rollouts.parquet` | one row per rollout step: `rollout`, `policy` (`bc` / `dreamer4`), `episode`, `start` (the context window), `task`, `step` t, `action/<name>` a_t, `reward` r_{t+1}, `value` v_t, `return` R^λ_t |
-| `latents.npy` | (rollouts, horizon, N_b, D_b) float16, imagined frames s_1 … s_H, rows as `rollout` |
-| `summary.json` | counts, settings and the mean returns per policy |
-| `validation.json` | the great-expectations result (all finite, rewards and values within the two-hot range, one row per rollout step) |
-| `preview.gif` | decoded by the tokenizer: rollouts of the cloned policy | trained policy |
+- `rollouts.parquet`: one row per rollout step — `rollout`, `policy` (`bc` / `dreamer4`),
+  `episode`, `start` (the context window), `task`, `step` t, `action/<name>` a_t, `reward`
+  r_{t+1}, `value` v_t, `return` R^λ_t;
+- `latents.npy`: (rollouts, horizon, N_b, D_b) float16, imagined frames s_1 … s_H;
+- `summary.json`: counts, settings, mean return per policy;
+- `validation.json`: the great-expectations result (all finite, rewards and values within the
+  two-hot range, one row per rollout step; also the Dagster asset check);
+- `preview.gif`: decoded by the tokenizer, cloned policy | trained policy.
 
 `metrics/imagine/returns.tsv` is the summary table (mean return per task and policy).
 """
@@ -24,7 +25,6 @@ Folder (`data/imagination/`):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -181,6 +181,7 @@ def _imagine_dataset(
         "shortcut_steps": cfg.steps,
         "seed": seed,
         "mean_return": mean_return,
+        "range": [agent.twohot.low, agent.twohot.high],  # of the reward and value heads
         "validation": report.to_dict(),
     }
     _write(out, table, arrays, summary, report)
