@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+
+
+def _result(report: Any, **counts: int) -> dg.AssetCheckResult:
+    """A check result from a `run_suites` report: passed, expectations, failures, counts."""
+    failures = "\n".join(f"- {f}" for f in report.failures) or "none"
+    return dg.AssetCheckResult(
+        passed=report.success,
+        metadata={
+            "expectations": report.evaluated,
+            "failures": dg.MetadataValue.md(failures),
+            **counts,
+        },
+    )
 
 
 def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
@@ -26,15 +40,7 @@ def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetChe
     table = episode_table(steps, records, chunk_lengths(folder))
     ingest = load_profile(repo_root / "params.yaml").get("ingest", {})
     report = validate(steps, table, ingest.get("min_length", 2), ingest.get("max_length", 10**6))
-    return dg.AssetCheckResult(
-        passed=report.success,
-        metadata={
-            "expectations": report.evaluated,
-            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
-            "episodes": len(table),
-            "steps": len(steps),
-        },
-    )
+    return _result(report, episodes=len(table), steps=len(steps))
 
 
 def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
@@ -47,13 +53,7 @@ def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheck
     folder = repo_root / outs[0]
     shape = json.loads((folder / "latents.json").read_text())["shape"]
     report = validate_latents(folder, *shape)
-    return dg.AssetCheckResult(
-        passed=report.success,
-        metadata={
-            "expectations": report.evaluated,
-            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
-        },
-    )
+    return _result(report)
 
 
 def imagination_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
@@ -69,14 +69,7 @@ def imagination_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.Asse
     summary = json.loads((folder / "summary.json").read_text())
     table = pd.read_parquet(folder / "rollouts.parquet")
     report = validate_rollouts(table, summary["rollouts"], summary["horizon"], *summary["range"])
-    return dg.AssetCheckResult(
-        passed=report.success,
-        metadata={
-            "expectations": report.evaluated,
-            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
-            "rows": len(table),
-        },
-    )
+    return _result(report, rows=len(table))
 
 
 # asset name -> (check name, description, function of (repo root, stage outs))

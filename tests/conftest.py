@@ -109,10 +109,12 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     agent["agent"].update(mtp=2, bins=41)
     agent["sequence"].update(length=4)
     agent["eval_sequences"] = 2
-    agent["train"].update(steps=4, micro_batch=4, checkpoint_every=2)
+    # agent stages in one process (the engine's 2-rank path is exercised by the stages above)
+    one_rank = {"launcher": "none", "nproc": 1}
+    agent["train"].update(steps=4, micro_batch=4, checkpoint_every=2, **one_rank)
     policy = tiny["train_policy"]
     policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2)
-    policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2)
+    policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2, **one_rank)
     tiny["imagine"].update(contexts=2, batch=2)
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
@@ -133,10 +135,16 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
 
 
 def make_episode_dataset(
-    out: Path, episodes: int = 6, length: int = 48, resolution: int = 16, seed: int = 0
+    out: Path,
+    episodes: int = 6,
+    length: int = 48,
+    resolution: int = 16,
+    seed: int = 0,
+    events: dict[str, tuple[int, ...]] | None = None,
 ) -> Path:
     """A small episode dataset written by the real DatasetWriter: a square drifting over a
-    gradient (learnable structure), random Crafter actions, every third episode unlabelled."""
+    gradient (learnable structure), random Crafter actions, every third episode unlabelled.
+    events: name → steps at which it happens, in every episode (the `task` column follows)."""
     import pandas as pd
 
     from dreamer4.episodes.dataset import DatasetWriter, write_json
@@ -167,6 +175,10 @@ def make_episode_dataset(
                 labelled=labelled,
                 reward=rng.random(length).astype(np.float32),
                 records=length,
+                events={
+                    name: np.isin(np.arange(length), steps)
+                    for name, steps in (events or {}).items()
+                },
             ),
             "eval" if e == episodes - 1 else "train",
         )

@@ -15,7 +15,6 @@ from dreamer4.episodes.dataset import load_chunk, load_steps
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from tests.conftest import make_dvc_repo, vpt_frames
 
-
 STAGES = (
     "collect",
     "ingest",

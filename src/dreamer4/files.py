@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dreamer4.errors import StageError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -38,3 +40,15 @@ def content_hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def swap_in_folder(tmp: Path, out: Path, marker: str, kind: str) -> None:
+    """Replace `out` by the finished folder `tmp` (same parent): an existing `out` must hold
+    `marker`, so a stage never deletes a folder it did not write."""
+    import shutil
+
+    if out.exists():
+        if not (out / marker).is_file():
+            raise StageError(f"{out}: exists and is not {kind}; not replacing it")
+        shutil.rmtree(out)
+    os.replace(tmp, out)

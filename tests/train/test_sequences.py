@@ -65,3 +65,29 @@ def test_resumed_loader_continues_at_the_saved_position(episode_dataset: Path) -
 def test_sequences_longer_than_every_episode_are_refused(episode_dataset: Path) -> None:
     with pytest.raises(StageError, match="no `train` episode has 500 steps"):
         EpisodeSequences(episode_dataset, SequenceSpec(length=4, long_length=500, long_every=2))
+
+
+def test_relevant_windows_hold_a_task_event_and_carry_tasks(tmp_path: Path) -> None:
+    from tests.conftest import make_episode_dataset
+
+    events = {"collect_wood": (30,), "place_table": (40,)}
+    dataset = make_episode_dataset(tmp_path / "episodes", length=48, events=events)
+    tasks = ("place_table", "collect_wood", "collect_diamond")
+    with pytest.raises(StageError, match="event/collect_diamond"):
+        EpisodeSequences(dataset, SequenceSpec(length=8, tasks=tasks))
+    tasks = tasks[:2]
+    spec = SequenceSpec(length=8, tasks=tasks, relevant_fraction=0.5, image_fraction=0.5)
+    data = EpisodeSequences(dataset, spec)
+    sampler = WindowSampler(data, 8, seed=0, rank=0)
+    for i in range(20):
+        windows = sampler.windows(i)
+        assert [w.relevant for w in windows] == [False] * 4 + [True] * 4
+        for w in windows[4:]:
+            item = data[w]
+            assert not w.independent and item["relevant"]
+            assert item["events"].shape == (8, 2) and item["events"].any()
+    item = data[sampler.windows(0)[0]]
+    steps = np.arange(item["task"].shape[0]) + sampler.windows(0)[0].start
+    # task = the next event at or after the step: collect_wood up to 30, place_table to 40
+    want = np.where(steps <= 30, 1, np.where(steps <= 40, 0, -1))
+    assert np.array_equal(item["task"].numpy(), want)

@@ -96,6 +96,7 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
     from tqdm import tqdm
 
     from dreamer4.episodes.dataset import load_chunk, write_json
+    from dreamer4.files import swap_in_folder
     from dreamer4.tokenizer import TokenizerConfig, load_tokenizer
 
     model, config = load_tokenizer(tokenizer_dir)
@@ -158,11 +159,7 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
             "validation": report.to_dict(),
         }
         write_json(tmp / "latents.json", summary)
-        if out.exists():
-            if not (out / "latents.json").is_file():
-                raise StageError(f"{out}: exists and is not a latents folder; not replacing it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in_folder(tmp, out, "latents.json", "a latents folder")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

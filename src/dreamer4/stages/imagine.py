@@ -25,7 +25,6 @@ Folder (`data/imagination/`, columns in docs/agent.md):
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -196,6 +195,7 @@ def _imagine_dataset(
 def _write(out: Path, table: pd.DataFrame, arrays: np.ndarray, summary: dict, report: Any) -> None:
     """Write the folder next to `out`, then swap it in (a failed run leaves the old one)."""
     from dreamer4.episodes.dataset import write_json
+    from dreamer4.files import swap_in_folder
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -204,11 +204,7 @@ def _write(out: Path, table: pd.DataFrame, arrays: np.ndarray, summary: dict, re
         np.save(tmp / "latents.npy", arrays)
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "validation.json", report.to_dict())
-        if out.exists():
-            if not (out / "rollouts.parquet").is_file():
-                raise StageError(f"{out}: exists and is not an imagination dataset; not replacing")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in_folder(tmp, out, "rollouts.parquet", "an imagination dataset")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
