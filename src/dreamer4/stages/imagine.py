@@ -107,8 +107,9 @@ def _imagine_dataset(
     from dreamer4.stages.train_policy import imagination_config, known_tasks, prompt_tasks
     from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, config = load_policy(policy_dir)
-    module.eval()
+    module.to(device).eval()
     model = config["model"]
     cfg = imagination_config(model["imagination"])
     shortcut = ShortcutConfig(**model["shortcut"])
@@ -128,8 +129,10 @@ def _imagine_dataset(
         items = [dataset[w] for w in windows[lo : lo + batch]]
         b = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
         task = prompt_tasks(b["task"][:, -1], known, torch.Generator().manual_seed(seed + lo))
+        b, task = {k: v.to(device) for k, v in b.items()}, task.to(device)
         for name, head in heads.items():
-            gen = torch.Generator().manual_seed(seed + lo)  # same noise for both policies
+            # same noise for both policies; drawn on the CPU, so any device gives the same draws
+            gen = torch.Generator().manual_seed(seed + lo)
             roll = imagine(
                 agent,
                 b["latents"].float(),
@@ -144,8 +147,11 @@ def _imagine_dataset(
             )
             values = agent.twohot.decode(module.value(roll.features, 1)[:, :, 0])
             ret = lambda_returns(roll.rewards, values, roll.continues, cfg.gamma, cfg.lam)
-            latents[name].append(roll.latents.half().numpy())
-            returns[name].append(roll.rewards.sum(1).numpy())
+            roll_latents, roll_rewards = roll.latents.cpu(), roll.rewards.cpu()
+            values, ret = values.cpu(), ret.cpu()
+            acts, prompts = {k: v.cpu() for k, v in roll.actions.items()}, task.cpu()
+            latents[name].append(roll_latents.half().numpy())
+            returns[name].append(roll_rewards.sum(1).numpy())
             for i, w in enumerate(windows[lo : lo + len(items)]):
                 rollout = POLICIES.index(name) * contexts + lo + i
                 for t in range(cfg.horizon):
@@ -155,10 +161,10 @@ def _imagine_dataset(
                             "policy": name,
                             "episode": str(dataset.episode_ids[w.episode]),
                             "start": w.start,
-                            "task": tasks[int(task[i])],
+                            "task": tasks[int(prompts[i])],
                             "step": t,
-                            **{f"action/{k}": int(v[i, t]) for k, v in roll.actions.items()},
-                            "reward": float(roll.rewards[i, t]),
+                            **{f"action/{k}": int(v[i, t]) for k, v in acts.items()},
+                            "reward": float(roll_rewards[i, t]),
                             "value": float(values[i, t]),
                             "return": float(ret[i, t]),
                         }
