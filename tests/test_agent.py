@@ -178,3 +178,18 @@ def test_agent_loss_trains_bc_and_reward_on_the_right_rows():
 def test_agent_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         AgentConfig(**bad)
+
+
+def test_pursued_task_keeps_the_achieved_task_on_the_next_frame():
+    from dreamer4.agent import pursued_task
+
+    # step index: task 0 until its event at row 1, then task 1
+    task = torch.tensor([[0, 0, 1, 1]])
+    events = torch.zeros(1, 4, 2, dtype=torch.bool)
+    events[0, 1, 0] = True
+    assert pursued_task(task).tolist() == [[0, 0, 0, 1]]
+    y, valid = task_rewards(events, pursued_task(task), 1)
+    # the frame after the event (frame 2) is a positive offset-0 example for task 0
+    assert y[0, :, 0].tolist() == [0.0, 0.0, 1.0, 0.0] and valid[0, 1:, 0].all()
+    y_raw, _ = task_rewards(events, task, 1)
+    assert y_raw[0, :, 0].sum() == 0  # unshifted: the task switched on that very frame

@@ -91,3 +91,32 @@ def test_only_policy_and_value_heads_change_in_phase_3():
     assert any(k.startswith("value.") for k in changed)
     # the prior stays the cloned policy: the KL to it is now positive
     assert float(policy_terms(module, _rollout(module), cfg)["kl"]) > 0
+
+
+def test_pmpo_raises_the_return_of_a_bandit_and_stays_near_the_prior():
+    """PMPO's direction: a categorical policy over 5 arms, arm 3 pays 1; advantages from a
+    learned baseline; after updates arm 3 is likelier, and β bounds the drift from the prior."""
+    from dreamer4.agent import ActionSpace
+
+    space = ActionSpace((("arm", "categorical", 5),))
+    prior = torch.zeros(5)
+    results = {}
+    for beta in (0.3, 3.0):
+        logits = torch.zeros(5, requires_grad=True)
+        baseline = torch.zeros((), requires_grad=True)
+        opt = torch.optim.Adam([logits, baseline], lr=0.05)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(200):
+            batch = logits.expand(64, 5)
+            arms = space.sample(batch.detach(), gen)["arm"]
+            reward = (arms == 3).float()
+            log_prob, _ = space.log_prob(batch, {"arm": arms})
+            kl = space.kl(batch, prior.expand(64, 5))
+            loss = pmpo_loss(log_prob, reward - baseline.detach(), kl, beta=beta)["loss"]
+            loss = loss + (reward - baseline).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results[beta] = (logits.softmax(-1)[3].item(), float(space.kl(logits, prior)))
+    assert results[0.3][0] > 0.6  # from 0.2
+    assert results[3.0][0] < results[0.3][0] and results[3.0][1] < results[0.3][1]

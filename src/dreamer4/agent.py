@@ -270,6 +270,16 @@ class Agent(nn.Module):
 # -- phase 2 targets and loss (eq. 9) ----------------------------------------------------------
 
 
+def pursued_task(task: Tensor) -> Tensor:
+    """The step index's `task` (B, T) — the next event at or after step t — → the task the
+    episode was pursuing as frame t arrived (the one of the action leading into it; frame 0 of
+    a window keeps its own). Agent tokens carry this, so the frame right after an event is
+    still conditioned on the task just achieved, and the reward arriving with it is a positive
+    example for that task; with the unshifted label the task switches on that very frame and
+    offset-0 rewards would be positive only for an event that repeats."""
+    return torch.cat([task[:, :1], task[:, :-1]], 1)
+
+
 def mtp_targets(x: Tensor, offsets: int, fill: float | int = -1) -> tuple[Tensor, Tensor]:
     """x (B, T, …) → (y (B, T, L, …), valid (B, T, L)) with y[:, t, n] = x[:, t + n]; `fill`
     and valid False where t + n runs past the window."""
@@ -305,7 +315,8 @@ def agent_loss(
     task: Tensor,
     bc_rows: Tensor,
 ) -> dict[str, Tensor]:
-    """Eq. 9 on agent outputs h (B, T, width): "bc" = −mean log π(a_{t+n} | h_t) over the
+    """Eq. 9 on agent outputs h (B, T, width) of agent tokens carrying `task` (B, T) (see
+    `pursued_task`): "bc" = −mean log π(a_{t+n} | h_t) over the
     labelled targets of `bc_rows` (B,) bool with a task, "reward" = mean two-hot NLL of
     r_{t+n} over every row with a task. `actions`: step-index actions (taken after frame t).
     Also "bc_targets"/"reward_targets" (counts) and "bc_accuracy" (offset 0, categorical

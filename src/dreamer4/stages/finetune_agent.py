@@ -157,6 +157,7 @@ class AgentJob:
         """Agent outputs h (B, T, width) with the frames at the sampler's context level."""
         import torch
 
+        from dreamer4.agent import pursued_task
         from dreamer4.dynamics import shift_actions
         from dreamer4.shortcut import context_level, noise_context
 
@@ -168,7 +169,7 @@ class AgentJob:
             torch.full((b, t), 1.0 / k_max, device=z1.device),
         )
         noised = noise_context(z1, tau_ctx, gen)
-        return agent(noised, *labels, shift_actions(batch), batch["task"])[1]
+        return agent(noised, *labels, shift_actions(batch), pursued_task(batch["task"]))[1]
 
     @staticmethod
     def _agent_terms(agent: Any, h: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +212,7 @@ class AgentJob:
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
         import torch
 
-        from dreamer4.agent import task_rewards
+        from dreamer4.agent import pursued_task, task_rewards
 
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.heldout().items()}
@@ -219,7 +220,7 @@ class AgentJob:
         h = self._agent_features(model.agent, batch["latents"].float(), batch, gen)
         terms = self._agent_terms(model.agent, h, batch)
         predicted = model.agent.twohot.decode(model.agent.reward(h, 1)[:, :, 0])
-        target, valid = task_rewards(batch["events"], batch["task"], 1)
+        target, valid = task_rewards(batch["events"], pursued_task(batch["task"]), 1)
         target, valid = target[:, :, 0], valid[:, :, 0]
         hit, miss = valid & (target > 0.5), valid & (target <= 0.5)
         return {
