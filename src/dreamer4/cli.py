@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from dreamer4.errors import StageError
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A stage must stay stoppable: DVC, Dagster and the training launcher stop work with
+    # SIGTERM, and a disposition of "ignore" inherited from a parent would outlive them all.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args._argv = argv  # training stages re-run themselves under a launcher

@@ -10,7 +10,6 @@ score and the mean episode length.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,17 @@ def player_report(episodes: int, seed: int, max_steps: int = 10000, workers: int
     from tqdm import tqdm
 
     from dreamer4.eval.crafter_score import crafter_score, success_table
+    from dreamer4.parallel import imap_workers
 
     jobs = [(seed, i, max_steps) for i in range(episodes)]
-    if workers <= 1:
-        results = [_play(j) for j in tqdm(jobs, desc="player-report", unit="episode")]
-    else:
-        with mp.get_context("forkserver").Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_play, jobs), total=len(jobs), desc="player-report"))
+    results = list(
+        tqdm(
+            imap_workers(_play, jobs, workers),
+            total=len(jobs),
+            desc="player-report",
+            unit="episode",
+        )
+    )
     lengths = [r.pop("_length") for r in results]
     table = success_table(results)
     return table, crafter_score(table["success_rate"]), sum(lengths) / len(lengths)

@@ -18,7 +18,6 @@ player seed derive from (seed, i) alone, and Crafter is made deterministic
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +107,7 @@ def collect(
     from tqdm import tqdm
 
     from dreamer4.files import atomic_write_text
+    from dreamer4.parallel import imap_workers
 
     if env != "crafter":
         raise ParamsError(
@@ -124,15 +124,9 @@ def collect(
     ]
     stats: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), desc="collect", unit="episode")
-    if workers <= 1:
-        for job in jobs:
-            stats.append(_record(job))
-            bar.update()
-    else:
-        with mp.get_context("forkserver").Pool(workers) as pool:
-            for line in pool.imap(_record, jobs):
-                stats.append(line)
-                bar.update()
+    for line in imap_workers(_record, jobs, workers):
+        stats.append(line)
+        bar.update()
     bar.close()
     atomic_write_text(out / "stats.jsonl", "".join(json.dumps(s) + "\n" for s in stats))
     return stats
