@@ -257,10 +257,10 @@ class Agent(nn.Module):
         cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(clean-latent prediction (B, T, N_b, D_b), h (B, T, width) for the heads)."""
-        pred, h = self.dynamics.forward_agent(
-            z, tau, d, actions, self.agent_tokens(task), independent, cache
+        # through __call__, so module hooks (ZeRO-3 gathers parameters there) run
+        pred, h = self.dynamics(
+            z, tau, d, actions, independent, cache, agent=self.agent_tokens(task)
         )
-        assert h is not None
         return pred, h.mean(2)
 
     def new_cache(self) -> KVCache:

@@ -27,10 +27,11 @@ Choices (defaults in `DynamicsConfig`):
   (index clipped), the closest the model has seen to clean. The sampler normally labels its
   context with the context-noise level instead (see `dreamer4.shortcut`).
 - Space mask: none, every token attends every token of its step, which keeps the fast
-  fused-attention path. Agent tokens (phase 2, `dreamer4.agent`) are appended after the action
-  token when a caller passes them (`forward_agent`); then a mask lets them attend to every token
-  while no other token attends to them (§3.3), and in time layers each agent position attends
-  only its own past, so the world model's predictions cannot depend on the task.
+  fused-attention path. Agent tokens (phase 2, `dreamer4.agent`) are appended after the
+  action token when a caller passes them (`forward(..., agent=)`); then a mask lets them
+  attend to every token while no other token attends to them (§3.3), and in time layers each
+  agent position attends only its own past, so the world model's predictions cannot depend on
+  the task.
 - Time: every token attends over time (block-causal); `independent` rows attend only their own
   step, which is how the paper's "30% of videos treated as separate images" is trained.
 - Output: the S_z spatial tokens' outputs, linearly projected to pack · D_b and unpacked. No
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, overload
 
 import torch
 from torch import Tensor, nn
@@ -235,6 +236,7 @@ class Dynamics(nn.Module):
         embedded = self.action_embed(rows) * labelled[..., None].to(token.dtype)
         return token + embedded.sum(-2)
 
+    @overload
     def forward(
         self,
         z: Tensor,
@@ -243,7 +245,32 @@ class Dynamics(nn.Module):
         actions: dict[str, Tensor] | None,
         independent: Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> Tensor:
+        agent: None = None,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        z: Tensor,
+        tau: Tensor,
+        d: Tensor,
+        actions: dict[str, Tensor] | None,
+        independent: Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        agent: Tensor,
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def forward(
+        self,
+        z: Tensor,
+        tau: Tensor,
+        d: Tensor,
+        actions: dict[str, Tensor] | None,
+        independent: Tensor | None = None,
+        cache: KVCache | None = None,
+        agent: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Predict clean latents (B, T, N_b, D_b) from noised ones.
 
         z: (B, T, N_b, D_b) noised latents z̃. tau: (B, T) signal level per frame, on the grid
@@ -251,23 +278,10 @@ class Dynamics(nn.Module):
         step size per frame, a power of two in [1/k_max, 1]. actions: name → (B, T) long, the
         action leading into frame t, -1 = unlabelled. independent: (B,) bool, rows whose frames
         are separate images. cache: K/V of earlier steps; z then holds only the new steps.
+        agent: (B, T, A, width) agent tokens appended to every step (read-only: nothing else
+        attends to them); then the result is (prediction, agent-token outputs (B, T, A,
+        width)). A KV cache must always see the same number of agent tokens.
         """
-        return self.forward_agent(z, tau, d, actions, None, independent, cache)[0]
-
-    def forward_agent(
-        self,
-        z: Tensor,
-        tau: Tensor,
-        d: Tensor,
-        actions: dict[str, Tensor] | None,
-        agent: Tensor | None,
-        independent: Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """`forward` with agent tokens agent (B, T, A, width) appended to every step (read-only:
-        nothing else attends to them). Returns (clean-latent prediction, agent-token outputs
-        (B, T, A, width), or None without agent tokens). A KV cache must always see the same
-        number of agent tokens."""
         cfg = self.cfg
         b, t, n, c = z.shape
         if (n, c) != (cfg.latents, cfg.bottleneck):
@@ -293,4 +307,4 @@ class Dynamics(nn.Module):
             mask = agent_mask(cfg.tokens + agents, agents, z.device)
         h = self.transformer(torch.cat(parts, 2), mask, independent=independent, cache=cache)
         pred = unpack_latents(self.readout(h[:, :, : cfg.spatial]), cfg.pack)
-        return pred, (h[:, :, cfg.tokens :] if agents else None)
+        return pred if agent is None else (pred, h[:, :, cfg.tokens :])
