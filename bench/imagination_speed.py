@@ -13,25 +13,17 @@ On the dynamics and agent config of a profile (random weights: speed does not de
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from world_model_speed import timed  # bench/ is the script's folder, on sys.path
 
 from dreamer4.agent import Agent, AgentConfig, policy_module
 from dreamer4.dynamics import DynamicsConfig
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
 from dreamer4.imagination import imagine
 from dreamer4.stages.train_policy import ImaginationConfig, policy_terms
-
-
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
 
 
 def main() -> None:
