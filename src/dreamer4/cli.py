@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dreamer4.train.reference",
         "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",
     ),
+    "score": (
+        "dreamer4.eval.crafter_score",
+        "success rate per Crafter achievement and the Crafter score of stats.jsonl files",
+    ),
     "player-report": (
         "dreamer4.envs.player_report",
         "success rate per Crafter achievement of the scripted player at full skill",

@@ -2,16 +2,22 @@
 
 success_rate[k] = 100 · mean over episodes of (count_k ≥ 1);
 score = exp(nanmean(log(1 + success_rate))) − 1  (a geometric mean with a +1 % offset).
+
+`dreamer4 score PATH...` prints both for any Crafter `stats.jsonl` (ours, or Crafter's own).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
+from dreamer4.errors import StageError
 
 
 def success_table(episodes: Iterable[Mapping[str, int]]) -> pd.DataFrame:
@@ -27,3 +33,51 @@ def crafter_score(success_rates: Iterable[float]) -> float:
     """Crafter's score from per-achievement success rates in %."""
     rates = np.asarray(list(success_rates), dtype=np.float64)
     return float(np.exp(np.nanmean(np.log1p(rates))) - 1.0)
+
+
+def read_stats(path: Path) -> list[dict[str, int]]:
+    """Achievement counts per episode from a Crafter `stats.jsonl` (Crafter's StatsRecorder
+    format, also written by `collect` and the evaluation), or from the `stats.jsonl` inside a
+    folder. Errors name the file and the line."""
+    path = Path(path)
+    file = path / "stats.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such stats file (Crafter stats.jsonl expected)")
+    episodes = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise StageError(f"{file}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not any(k.startswith("achievement_") for k in row):
+            raise StageError(f"{file}:{number}: no `achievement_<name>` counts (not Crafter stats)")
+        episodes.append(
+            {
+                k.removeprefix("achievement_"): int(v)
+                for k, v in row.items()
+                if k[:12] == "achievement_"
+            }
+        )
+    if not episodes:
+        raise StageError(f"{file}: no episodes")
+    return episodes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", type=Path, help="stats.jsonl files or folders holding one")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the success rate per achievement (one column per path) and each Crafter score."""
+    columns, scores = {}, {}
+    for path in args.paths:
+        episodes = read_stats(path)
+        table = success_table(episodes)
+        columns[str(path)] = table.set_index("achievement")["success_rate"]
+        scores[str(path)] = (crafter_score(table["success_rate"]), len(episodes))
+    print(pd.DataFrame(columns).to_string(float_format=lambda v: f"{v:.1f}"))
+    for path, (score, n) in scores.items():
+        print(f"{path}: score {score:.2f} % over {n} episodes")
+    return 0
