@@ -1,0 +1,63 @@
+"""Prompted play in real Crafter: the prompt follows the tech tree as achievements come."""
+
+from __future__ import annotations
+
+from dreamer4.envs.crafter_env import make_env
+from dreamer4.eval.prompted_play import MILESTONES, play_prompted, prompt_indices
+from tests.envs.test_agent_player import _player
+
+TASKS = ("collect_wood", "place_table", "make_wood_pickaxe")  # small_agent's vocabulary
+
+
+class Recording:
+    """Wraps an AgentPlayer to see the prompts it was given."""
+
+    def __init__(self, player):
+        self.player, self.tasks = player, []
+
+    def reset(self):
+        self.player.reset()
+
+    def act(self, frames, task):
+        self.tasks.append(int(task[0]))
+        return self.player.act(frames, task)
+
+
+class WoodEnv:
+    """Real Crafter that reports collect_wood from step 5 on (a deterministic trigger)."""
+
+    def __init__(self):
+        self.env = make_env(0, length=40)
+
+    def reset(self):
+        self.steps = 0
+        return self.env.reset()
+
+    def step(self, action):
+        obs, reward, done, info = self.env.step(action)
+        self.steps += 1
+        if self.steps >= 5:
+            info["achievements"] = {**info["achievements"], "collect_wood": 1}
+        return obs, reward, done, info
+
+
+def test_prompts_follow_the_milestones_and_stats_are_crafters():
+    assert prompt_indices(TASKS) == [0, 1, 2]
+    assert prompt_indices(("place_table", "collect_wood")) == [1, 0]
+    assert MILESTONES[0] == "collect_wood" and MILESTONES[-1] == "collect_diamond"
+    player = Recording(_player(0.1))
+    stats = play_prompted(WoodEnv(), player, prompt_indices(TASKS), TASKS, max_steps=12)
+    assert stats["length"] == 12 and len(player.tasks) == 12
+    # collect_wood first reached at step 5: prompted with task 0 until then, then task 1
+    assert player.tasks == [0] * 5 + [1] * 7
+    assert stats["first_step"]["collect_wood"] == 5
+    assert stats["achievement_collect_wood"] == 1
+    assert isinstance(stats["reward"], float)
+
+
+def test_plain_crafter_episode_ends_by_its_length():
+    env = make_env(1, length=15)
+    stats = play_prompted(env, _player(0.1), [0, 1], TASKS, max_steps=100)
+    assert stats["length"] == 15
+    assert all(k == "length" or k == "reward" or k == "first_step" or k.startswith("achievement_")
+               for k in stats)  # fmt: skip
