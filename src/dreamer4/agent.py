@@ -105,9 +105,10 @@ class TwoHot(nn.Module):
 
     def decode(self, logits: Tensor) -> Tensor:
         """(…, bins) logits → (…) expected scalar symexp(Σ p · bins)."""
-        return symexp((logits.float().softmax(-1) * self.bins.to(logits.device)).sum(-1))
+        return self.decode_probs(logits.float().softmax(-1))
 
     def decode_probs(self, probs: Tensor) -> Tensor:
+        """(…, bins) probabilities → (…) symexp(Σ p · bins)."""
         return symexp((probs * self.bins.to(probs.device)).sum(-1))
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:

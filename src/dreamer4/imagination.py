@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dreamer4.agent import Agent
-from dreamer4.shortcut import ShortcutConfig, context_level, denoise, noise_context, randn_like
+from dreamer4.shortcut import ShortcutConfig, as_context, constant, denoise, randn_like
 
 
 @dataclass
@@ -39,10 +39,6 @@ class Rollout:
     @property
     def continues(self) -> Tensor:
         return torch.ones_like(self.rewards)
-
-
-def _full(b: int, t: int, value: float, like: Tensor) -> Tensor:
-    return torch.full((b, t), value, device=like.device, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -71,18 +67,11 @@ def imagine(
         raise ValueError(f"need a context of >= 1 frame, horizon >= 1 and task (B,) = ({b},)")
     cfg = cfg or ShortcutConfig()
     act = policy or (lambda h: agent.policy(h, 1)[:, 0])
-    k_max = agent.dynamics.cfg.k_max
-    tau_ctx, d_min = context_level(cfg.context_noise, k_max), 1.0 / k_max
+    k_max, noise = agent.dynamics.cfg.k_max, cfg.context_noise
     cache = agent.new_cache()
     one_task = task[:, None]
-    _, h = agent(
-        noise_context(context.float(), tau_ctx, generator),
-        _full(b, c, tau_ctx, context),
-        _full(b, c, d_min, context),
-        context_actions,
-        one_task.expand(b, c),
-        cache=cache,
-    )
+    inputs = as_context(context.float(), noise, k_max, generator)
+    _, h = agent(*inputs, context_actions, one_task.expand(b, c), cache=cache)
     features, frames, rewards = [h[:, -1]], [], []
     actions: dict[str, list[Tensor]] = {name: [] for name, _, _ in agent.space.components}
     for _ in range(horizon):
@@ -98,21 +87,14 @@ def imagine(
             x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
         ) -> Tensor:
             pred, _ = agent(
-                x, _full(b, 1, tau, x), _full(b, 1, d, x), step_actions, one_task, cache=cache
+                x, constant(b, 1, tau, x), constant(b, 1, d, x), step_actions, one_task, cache=cache
             )
             cache.truncate(length)
             return pred
 
         x = denoise(predict, randn_like(context[:, :1].float(), generator), steps, cfg.tau_clamp)
         frames.append(x)
-        _, h = agent(
-            noise_context(x, tau_ctx, generator),
-            _full(b, 1, tau_ctx, x),
-            _full(b, 1, d_min, x),
-            step_actions,
-            one_task,
-            cache=cache,
-        )
+        _, h = agent(*as_context(x, noise, k_max, generator), step_actions, one_task, cache=cache)
         features.append(h[:, 0])
         rewards.append(agent.twohot.decode(agent.reward(h[:, 0], 1)[:, 0]))
     return Rollout(

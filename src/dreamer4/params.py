@@ -59,3 +59,12 @@ def setting(cli_value: Any, params: dict[str, Any], key: str, stage: str) -> Any
     raise ParamsError(
         f"{stage}: no value for {key!r}: pass it on the command line or set it in params.yaml"
     )
+
+
+def known_keys(cls: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` for the dataclass `cls`; a key it lacks is an error naming `where`."""
+    from dataclasses import fields
+
+    if unknown := set(values) - {f.name for f in fields(cls)}:
+        raise ParamsError(f"params.yaml: {where}: unknown keys {sorted(unknown)}")
+    return values

@@ -294,7 +294,8 @@ def _slice(actions: dict[str, Tensor] | None, lo: int, hi: int) -> dict[str, Ten
     return None if actions is None else {k: v[:, lo:hi] for k, v in actions.items()}
 
 
-def _full(b: int, t: int, value: float, like: Tensor) -> Tensor:
+def constant(b: int, t: int, value: float, like: Tensor) -> Tensor:
+    """A (B, T) float32 label (τ or d) of one value, on `like`'s device."""
     return torch.full((b, t), value, device=like.device, dtype=torch.float32)
 
 
@@ -318,6 +319,19 @@ def denoise(
 def noise_context(x: Tensor, tau_ctx: float, generator: torch.Generator | None) -> Tensor:
     """A frame as context: noised to the signal level it is labelled with, τ_ctx."""
     return (1 - tau_ctx) * randn_like(x, generator) + tau_ctx * x
+
+
+def as_context(
+    x: Tensor, context_noise: float, k_max: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Frames x (B, T, …) as the sampler's context — noised to τ_ctx, labelled (τ_ctx, d_min):
+    the inputs of a commit pass, and what the agent's heads read (training and acting)."""
+    tau_ctx, (b, t) = context_level(context_noise, k_max), x.shape[:2]
+    return (
+        noise_context(x, tau_ctx, generator),
+        constant(b, t, tau_ctx, x),
+        constant(b, t, 1.0 / k_max, x),
+    )
 
 
 @torch.no_grad()
@@ -345,12 +359,10 @@ def generate(
     k_max = model.cfg.k_max if k_max is None else k_max
     _check_sampling(context, actions, horizon, steps, k_max, context_window)
     b, c = context.shape[:2]
-    tau_ctx, d_min = context_level(cfg.context_noise, k_max), 1.0 / k_max
     cache = model.new_cache()
     if c:
-        noised = noise_context(context, tau_ctx, generator)
-        ctx_tau, ctx_d = _full(b, c, tau_ctx, context), _full(b, c, d_min, context)
-        model(noised, ctx_tau, ctx_d, _slice(actions, 0, c), cache=cache)
+        inputs = as_context(context, cfg.context_noise, k_max, generator)
+        model(*inputs, _slice(actions, 0, c), cache=cache)
     frames = []
     for i in range(horizon):
         t = c + i
@@ -361,7 +373,7 @@ def generate(
         def predict(
             x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
         ) -> Tensor:
-            pred = model(x, _full(b, 1, tau, x), _full(b, 1, d, x), step_actions, cache=cache)
+            pred = model(x, constant(b, 1, tau, x), constant(b, 1, d, x), step_actions, cache=cache)
             cache.truncate(length)
             return pred
 
@@ -369,9 +381,8 @@ def generate(
         x = denoise(predict, noise, steps, cfg.tau_clamp)
         frames.append(x)
         if i < horizon - 1:  # commit the frame as (noised) context for the next one
-            noised = noise_context(x, tau_ctx, generator)
-            labels = _full(b, 1, tau_ctx, x), _full(b, 1, d_min, x)
-            model(noised, *labels, _slice(actions, t, t + 1), cache=cache)
+            inputs = as_context(x, cfg.context_noise, k_max, generator)
+            model(*inputs, _slice(actions, t, t + 1), cache=cache)
     return torch.cat(frames, 1) if frames else _empty_frame(model, b, context)[:, :0]
 
 
@@ -411,8 +422,8 @@ def generate_without_cache(
             tau = k * d
             seq = x if past is None else torch.cat([past, x], 1)
             n_past = seq.shape[1] - 1
-            taus = torch.cat([_full(b, n_past, tau_ctx, x), _full(b, 1, tau, x)], 1)
-            ds = torch.cat([_full(b, n_past, d_min, x), _full(b, 1, d, x)], 1)
+            taus = torch.cat([constant(b, n_past, tau_ctx, x), constant(b, 1, tau, x)], 1)
+            ds = torch.cat([constant(b, n_past, d_min, x), constant(b, 1, d, x)], 1)
             if context_window is not None:
                 keep = min(seq.shape[1], context_window + 1)
                 seq, taus, ds = seq[:, -keep:], taus[:, -keep:], ds[:, -keep:]

@@ -43,10 +43,8 @@ def test_agent_plays_real_crafter_and_matches_the_whole_sequence():
         z = player.tokenizer.encode_patches(player.tokenizer.patchify(video))
         t = z.shape[1]
         taken = {"action/crafter": torch.tensor([actions])}
-        _, h = player.agent(
-            z, torch.full((1, t), player.tau), torch.full((1, t), player.d),
-            shift_actions(taken), task[:, None].expand(1, t),
-        )  # fmt: skip
+        labels = torch.ones(1, t), torch.full((1, t), 1 / player.agent.dynamics.cfg.k_max)
+        _, h = player.agent(z, *labels, shift_actions(taken), task[:, None].expand(1, t))
     torch.testing.assert_close(torch.stack(features, 1), h, rtol=1e-4, atol=1e-4)
     player.reset()
     assert player.previous is None and player.agent_cache.length == 0

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dreamer4.agent import Agent
 from dreamer4.nn import KVCache
-from dreamer4.shortcut import context_level, noise_context
+from dreamer4.shortcut import as_context
 from dreamer4.tokenizer import Tokenizer
 
 
@@ -38,9 +38,7 @@ class AgentPlayer:
         context: past frames the agent's cache keeps (its training length − 1)."""
         self.tokenizer, self.agent = tokenizer.eval(), agent.eval()
         self.policy = policy or (lambda h: agent.policy(h, 1)[:, 0])
-        k_max = agent.dynamics.cfg.k_max
-        self.tau, self.d = context_level(context_noise, k_max), 1.0 / k_max
-        self.context, self.generator = context, generator
+        self.context_noise, self.context, self.generator = context_noise, context, generator
         self.reset()
 
     def reset(self) -> None:
@@ -61,12 +59,9 @@ class AgentPlayer:
         self.agent_cache.crop(self.context)
         names = [name for name, _, _ in self.agent.space.components]
         actions = self.previous or {n: torch.full((b, 1), -1, device=z.device) for n in names}
-        labels = (
-            torch.full((b, 1), self.tau, device=z.device),
-            torch.full((b, 1), self.d, device=z.device),
-        )
-        noised = noise_context(z.float(), self.tau, self.generator)
-        _, h = self.agent(noised, *labels, actions, task[:, None], cache=self.agent_cache)
+        k_max = self.agent.dynamics.cfg.k_max
+        inputs = as_context(z.float(), self.context_noise, k_max, self.generator)
+        _, h = self.agent(*inputs, actions, task[:, None], cache=self.agent_cache)
         self.features = h[:, 0]
         chosen = self.agent.space.sample(self.policy(self.features), self.generator)
         self.previous = {k: v[:, None] for k, v in chosen.items()}

@@ -155,21 +155,12 @@ class AgentJob:
 
     def _agent_features(self, agent: Any, z1: Any, batch: dict[str, Any], gen: Any) -> Any:
         """Agent outputs h (B, T, width) with the frames at the sampler's context level."""
-        import torch
-
         from dreamer4.agent import pursued_task
         from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import context_level, noise_context
+        from dreamer4.shortcut import as_context
 
-        k_max = self.dynamics.k_max
-        tau_ctx = context_level(self.shortcut.context_noise, k_max)
-        b, t = z1.shape[:2]
-        labels = (
-            torch.full((b, t), tau_ctx, device=z1.device),
-            torch.full((b, t), 1.0 / k_max, device=z1.device),
-        )
-        noised = noise_context(z1, tau_ctx, gen)
-        return agent(noised, *labels, shift_actions(batch), pursued_task(batch["task"]))[1]
+        inputs = as_context(z1, self.shortcut.context_noise, self.dynamics.k_max, gen)
+        return agent(*inputs, shift_actions(batch), pursued_task(batch["task"]))[1]
 
     @staticmethod
     def _agent_terms(agent: Any, h: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -249,8 +240,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dreamer4.agent import AgentConfig
     from dreamer4.dynamics import DynamicsConfig
+    from dreamer4.params import known_keys
     from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.stages.train_dynamics import _known, world_model_configs
+    from dreamer4.stages.train_dynamics import world_model_configs
     from dreamer4.train.engine import StageSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 
@@ -273,9 +265,11 @@ def run(args: argparse.Namespace) -> int:
         shortcut = ShortcutConfig(**trained["shortcut"])
     agent = AgentConfig(
         tasks=task_vocabulary(data),
-        **_known(AgentConfig, dict(own.get("agent", {})), "finetune_agent.agent"),
+        **known_keys(AgentConfig, dict(own.get("agent", {})), "finetune_agent.agent"),
     )
-    seq = _known(SequenceSpec, dict(own.get("sequence", {"length": 16})), "finetune_agent.sequence")
+    seq = known_keys(
+        SequenceSpec, dict(own.get("sequence", {"length": 16})), "finetune_agent.sequence"
+    )
     spec = SequenceSpec(
         **{
             **seq,

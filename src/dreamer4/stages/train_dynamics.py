@@ -24,20 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from dreamer4.errors import StageError
-from dreamer4.params import ParamsError
+from dreamer4.params import known_keys
 
 ROLLOUT_TSV, ROLLOUT_GIF = "rollout.tsv", "rollout.gif"
-
-
-def _known(cls: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
-    if unknown := set(values) - {f.name for f in fields(cls)}:
-        raise ParamsError(f"params.yaml: {where}: unknown keys {sorted(unknown)}")
-    return values
 
 
 class WorldModelJob:
@@ -229,7 +223,7 @@ def world_model_configs(own: dict[str, Any], data: Path) -> tuple[Any, Any]:
     latents, bottleneck = json.loads(meta.read_text())["shape"]
     columns = pd.read_parquet(data / "steps.parquet").columns
     components = [COMPONENTS[c.removeprefix("action/")] for c in columns if c.startswith("action/")]
-    model = _known(DynamicsConfig, dict(own.get("model", {})), "train_dynamics.model")
+    model = known_keys(DynamicsConfig, dict(own.get("model", {})), "train_dynamics.model")
     model_cfg = DynamicsConfig(
         **{
             **model,
@@ -239,7 +233,7 @@ def world_model_configs(own: dict[str, Any], data: Path) -> tuple[Any, Any]:
         }
     )
     shortcut = ShortcutConfig(
-        **_known(ShortcutConfig, own.get("shortcut", {}), "train_dynamics.shortcut")
+        **known_keys(ShortcutConfig, own.get("shortcut", {}), "train_dynamics.shortcut")
     )
     return model_cfg, shortcut
 
@@ -252,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
     own, paths = settings.own, settings.paths
     data = Path(args.data or paths.get("latents", "data/latents"))
     model_cfg, shortcut = world_model_configs(own, data)
-    seq = _known(SequenceSpec, dict(own.get("sequence", {"length": 8})), "train_dynamics.sequence")
+    seq = known_keys(
+        SequenceSpec, dict(own.get("sequence", {"length": 8})), "train_dynamics.sequence"
+    )
     spec = SequenceSpec(**{**seq, "arrays": ("latents",), "actions": True, "fields": ()})
     rollout = {"sequences": 8, "context": 8, "horizon": 8, **own.get("rollout", {})}
     job_paths = settings.job_paths(

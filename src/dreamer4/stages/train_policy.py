@@ -135,10 +135,8 @@ class PolicyJob:
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         from dreamer4.dynamics import shift_actions
         from dreamer4.imagination import imagine
-        from dreamer4.shortcut import ShortcutConfig
 
         cfg = self.imagination
-        shortcut = ShortcutConfig(**self._agent_config["model"]["shortcut"])
         task = prompt_tasks(batch["task"][:, -1], self.known)
         rollout = imagine(
             model.agent,
@@ -147,7 +145,7 @@ class PolicyJob:
             task,
             cfg.horizon,
             cfg.steps,
-            shortcut,
+            self.shortcut,
             context_window=cfg.window,
         )
         terms = policy_terms(model, rollout, cfg)
@@ -155,9 +153,8 @@ class PolicyJob:
 
     def tokens(self, batch: dict[str, Any]) -> int:
         b, c = batch["latents"].shape[:2]
-        cfg, dyn = self.imagination, self._agent_config["model"]["dynamics"]
-        per_step = dyn["latents"] // dyn["pack"] + dyn["registers"] + 2 + 1
-        return b * per_step * (c + cfg.horizon * (cfg.steps + 1))
+        cfg = self.imagination
+        return b * self.step_tokens * (c + cfg.horizon * (cfg.steps + 1))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -168,9 +165,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def imagination_config(own: dict[str, Any]) -> ImaginationConfig:
-    from dreamer4.stages.train_dynamics import _known
+    from dreamer4.params import known_keys
 
-    return ImaginationConfig(**_known(ImaginationConfig, dict(own), "train_policy.imagination"))
+    return ImaginationConfig(**known_keys(ImaginationConfig, dict(own), "train_policy.imagination"))
 
 
 def run(args: argparse.Namespace) -> int:
