@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dreamer4.envs.crafter_env import make_env
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted, prompt_indices
-from tests.envs.test_agent_player import _player
+from tests.eval.test_agent_player import _player
 
 TASKS = ("collect_wood", "place_table", "make_wood_pickaxe")  # small_agent's vocabulary
 

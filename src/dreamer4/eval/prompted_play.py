@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dreamer4.envs.agent_player import AgentPlayer
+from dreamer4.eval.agent_player import AgentPlayer
 
 # Crafter's tech tree, the order the prompts follow (and the report's milestone chain).
 MILESTONES: tuple[str, ...] = (

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from dreamer4.dynamics import shift_actions
-from dreamer4.envs.agent_player import AgentPlayer
 from dreamer4.envs.crafter_env import make_env
+from dreamer4.eval.agent_player import AgentPlayer
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig
 from tests.test_agent import small_agent
 
