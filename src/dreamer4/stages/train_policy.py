@@ -105,6 +105,9 @@ class PolicyJob:
     def __init__(
         self, agent_dir: Path, imagination: ImaginationConfig, spec: Any, tasks: list[int]
     ) -> None:
+        from dreamer4.dynamics import DynamicsConfig
+        from dreamer4.shortcut import ShortcutConfig
+
         self.agent_dir, self.imagination, self.spec, self.known = (
             agent_dir,
             imagination,
@@ -112,6 +115,12 @@ class PolicyJob:
             tasks,
         )
         self._agent_config: dict[str, Any] = json.loads((agent_dir / "config.json").read_text())
+        model = self._agent_config["model"]
+        self.shortcut = ShortcutConfig(**model["shortcut"])
+        # tokens per step: the world model's plus the agent tokens
+        self.step_tokens = (
+            DynamicsConfig(**model["dynamics"]).tokens + model["agent"]["agent_tokens"]
+        )
 
     def config(self) -> dict[str, Any]:
         model = self._agent_config["model"]
