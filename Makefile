@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := False
 export DO_NOT_TRACK := 1
 export DAGSTER_HOME ?= $(abspath .dagster_home)
 
-.PHONY: setup run test lint format dagster clean
+.PHONY: setup run test lint format dagster clean browser
 
 setup: $(VENV)/.installed
 
@@ -38,9 +38,17 @@ else
 	dvc exp run -S profile=$(PROFILE)
 endif
 	dvc status
+	@echo
+	@dreamer4 evaluate --show $(if $(PROFILE),--profile $(PROFILE))
 
 test: lint $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest
+
+# Debian's Chromium for the browser tests (the evaluation report page); they skip without it
+# outside CI. Needs root (CI runs as root), like any apt-get install.
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -146,6 +146,32 @@ def imagination_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     return meta
 
 
+def eval_report(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
+    """The headline table (success per milestone, Crafter score), scores per agent, the report
+    path and the agents' real-game clip."""
+    import base64
+
+    import pandas as pd
+
+    folder = root / outs[0]
+    headline = pd.read_csv(folder / "headline.csv", index_col=0)
+    meta: dict[str, Any] = {
+        "headline": dg.MetadataValue.md(headline.to_markdown(floatfmt=".1f")),
+        "crafter_score_%": dg.MetadataValue.json(
+            {agent: round(float(v), 2) for agent, v in headline["score"].items()}
+        ),
+        "episodes_per_agent": dg.MetadataValue.json(
+            {agent: int(v) for agent, v in headline["episodes"].items()}
+        ),
+        "report": dg.MetadataValue.path(str(folder / "report.html")),
+    }
+    clip = folder / "real_game.gif"
+    if clip.is_file():
+        data = base64.b64encode(clip.read_bytes()).decode()
+        meta["real_game"] = dg.MetadataValue.md(f"![real game](data:image/gif;base64,{data})")
+    return meta
+
+
 def latent_tokens(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     summary = json.loads((root / outs[0] / "latents.json").read_text())
     return {
@@ -166,6 +192,7 @@ METADATA: dict[str, Callable[[Path, tuple[str, ...]], dict[str, Any]]] = {
     "bc_agent": agent,
     "policy": policy,
     "imagination_dataset": imagination_dataset,
+    "eval_report": eval_report,
 }
 
 

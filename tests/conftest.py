@@ -116,6 +116,7 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2)
     policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2, **one_rank)
     tiny["imagine"].update(contexts=2, batch=2)
+    tiny["evaluate"].update(episodes=2, max_steps=10, workers=2, clip_steps=8)
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

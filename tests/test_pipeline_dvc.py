@@ -25,6 +25,7 @@ STAGES = (
     "bc_baseline",
     "train_policy",
     "imagine",
+    "evaluate",
 )
 
 
@@ -58,6 +59,12 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     assert set(rollouts["policy"]) == {"bc", "dreamer4"}
     assert np.isfinite(rollouts[["reward", "value", "return"]].to_numpy()).all()
     assert len(list((root / "data/raw").glob("*.mp4"))) == 3
+    # the report: every agent's row, Crafter stats per agent, DVC metrics per agent
+    headline = pd.read_csv(root / "reports/eval/headline.csv", index_col=0)
+    assert list(headline.index) == ["Random", "Behaviour data", "BC", "WM+BC", "Dreamer 4"]
+    assert list(headline["episodes"]) == [2, 3, 2, 2, 2]
+    assert "eval/dreamer4/score" in shown and "eval/behaviour/collect_wood" in shown
+    assert "Dreamer 4" in (root / "reports/eval/report.html").read_text()
     steps = load_steps(root / "data/episodes")
     assert steps["episode"].nunique() == 3 and load_chunk(root / "data/episodes", 0).shape[1] == 32
 
@@ -71,7 +78,7 @@ def test_repro_is_incremental_and_profiles_switch(tmp_path: Path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(root, "repro")
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in changed}
-    assert ran == {"train_policy", "imagine"}, changed
+    assert ran == {"train_policy", "imagine", "evaluate"}, changed
     policy = json.loads((root / "models/policy/config.json").read_text())["model"]
     assert policy["imagination"]["lam"] == 0.9
     assert dvc(root, "status").strip().endswith("Data and pipelines are up to date.")

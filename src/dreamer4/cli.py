@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dreamer4.stages.imagine",
         "stage imagine → imagination_dataset: rollouts of the prior and trained policy",
     ),
+    "evaluate": (
+        "dreamer4.stages.evaluate",
+        "stage evaluate → eval_report: every agent in real Crafter on held-out worlds, the report",
+    ),
     "train-reference": (
         "dreamer4.train.reference",
         "train the engine's reference model (checks a machine's DeepSpeed setup, measures speed)",

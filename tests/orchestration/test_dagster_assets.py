@@ -37,6 +37,7 @@ def test_graph_is_read_from_dvc_yaml():
         "bc_agent",
         "policy",
         "imagination_dataset",
+        "eval_report",
     ]
     assert stages["episode_dataset"].upstream == ("raw_episodes",)
     assert stages["tokenizer"].upstream == ("episode_dataset",)
@@ -46,6 +47,15 @@ def test_graph_is_read_from_dvc_yaml():
     assert stages["bc_agent"].upstream == ("latent_tokens",)
     assert set(stages["policy"].upstream) == {"latent_tokens", "agent"}
     assert set(stages["imagination_dataset"].upstream) == {"latent_tokens", "policy", "tokenizer"}
+    assert set(stages["eval_report"].upstream) == {
+        "raw_episodes",
+        "tokenizer",
+        "world_model",  # its rollout metrics and clip
+        "agent",
+        "bc_agent",
+        "policy",
+        "imagination_dataset",
+    }
     assert stages["raw_episodes"].upstream == ()
     assert stages["episode_dataset"].outs == ("data/episodes",)
     assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
@@ -89,6 +99,13 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     imagined = mats["imagination_dataset"]
     assert imagined["rollouts"].value == 4 and "data:image/gif;base64," in imagined["preview"].value
     assert "| task" in imagined["returns_by_task"].value
+    report = mats["eval_report"]
+    for label in ("Random", "Behaviour data", "BC", "WM+BC", "Dreamer 4"):
+        assert f"| {label} " in report["headline"].value, label
+    assert set(report["crafter_score_%"].value) == {
+        "Random", "Behaviour data", "BC", "WM+BC", "Dreamer 4"
+    }  # fmt: skip
+    assert report["report"].value.endswith("report.html")
 
     again = job.execute_in_process(instance=instance)
     mats = materializations(again)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dreamer4.agent import Agent
+from dreamer4.agent import ActionSpace, Agent
 from dreamer4.nn import KVCache
 from dreamer4.shortcut import as_context
 from dreamer4.tokenizer import Tokenizer
@@ -66,3 +66,16 @@ class AgentPlayer:
         chosen = self.agent.space.sample(self.policy(self.features), self.generator)
         self.previous = {k: v[:, None] for k, v in chosen.items()}
         return chosen
+
+
+class RandomPlayer:
+    """The random baseline: each action component uniform (zero logits), prompts ignored."""
+
+    def __init__(self, space: ActionSpace, generator: torch.Generator | None = None) -> None:
+        self.space, self.generator = space, generator
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, frames: Tensor, task: Tensor) -> dict[str, Tensor]:
+        return self.space.sample(torch.zeros(frames.shape[0], self.space.width), self.generator)

@@ -1,0 +1,427 @@
+"""Stage `evaluate` → asset `eval_report`: every agent in the real game (paper Table 7, Crafter).
+
+Agents, by key (label):
+
+- `random` (Random): uniform actions;
+- `behaviour` (Behaviour data): the offline data itself, read from its recordings (the
+  collection's worlds, not the held-out ones: it is the data's skill, not a player's);
+- `bc` (BC): the `bc_agent` (agent heads trained from scratch on the data);
+- `wm_bc` (WM+BC): the `agent` (phase 2, world model + agent heads);
+- `dreamer4` (Dreamer 4): the `policy` (phase 3, after RL in imagination).
+
+Each played agent runs `episodes` episodes of real Crafter on the held-out world seeds
+`first_seed` … `first_seed + episodes − 1` (an error if the collection used one of them), the
+same seeds for every agent, in `workers` processes (one job per world: generated once, then
+each agent plays its own copy). Agents see frames resized to the tokenizer's
+resolution as `ingest` resizes the data; actions are sampled, never argmax. BC, WM+BC and
+Dreamer 4 are prompted along the tech tree (`eval/prompted_play.py`, paper Table 6). Episode i of
+agent a samples with its own generator seeded by (seed, a, i), so results do not depend on the
+worker count or on which other agents run (a: the agent's place in `AGENTS`). Worlds are
+deterministic per seed (`envs/crafter_env.py`).
+
+Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`
+per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` reads it);
+`episodes.parquet` (one row per episode, `eval/tables.py`); `success.csv`, `headline.csv`,
+`time_to_milestone.csv`; plots and clips (`success.png`, `training.png`, `real_game.gif`,
+`imagination.gif`, `world_model.gif`). DVC metrics `metrics/evaluate/metrics.json`
+(`eval/<agent>/score`, `…/return`, `…/length`, `…/<milestone>` success in %) and plot
+`metrics/evaluate/milestones.tsv`.
+
+`dreamer4 evaluate` also runs alone: `--agents dreamer4 --policy PATH --tokenizer PATH
+--seeds 5000:5100 --out DIR` evaluates any policy (or phase-2 agent) folder on any seed range.
+`--show` prints the headline table of an existing report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dreamer4.errors import StageError
+
+AGENTS: dict[str, str] = {
+    "random": "Random",
+    "behaviour": "Behaviour data",
+    "bc": "BC",
+    "wm_bc": "WM+BC",
+    "dreamer4": "Dreamer 4",
+}
+_WORKER: dict[str, Any] = {}  # per worker process: loaded players and the env
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agents", help=f"comma-separated subset of {','.join(AGENTS)}")
+    p.add_argument("--tokenizer", help="tokenizer folder (train_tokenizer output)")
+    p.add_argument("--agent", help="WM+BC: a finetune_agent output folder")
+    p.add_argument("--bc-agent", help="BC: a bc_baseline output folder")
+    p.add_argument("--policy", help="Dreamer 4: a train_policy output (or any agent folder)")
+    p.add_argument("--raw", help="raw episodes (behaviour row; held-out seed check)")
+    p.add_argument("--imagination", help="imagination dataset (its preview clip)")
+    p.add_argument("--seeds", help="world seeds START:STOP (default: first_seed, episodes)")
+    p.add_argument("--max-steps", type=int, help="episode length cap")
+    p.add_argument("--workers", type=int, help="evaluation processes")
+    p.add_argument("--out", help="report folder")
+    p.add_argument("--metrics", help="folder for metrics.json and milestones.tsv")
+    p.add_argument("--show", action="store_true", help="print an existing report's headline")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`START:STOP` → world seeds START … STOP−1."""
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise StageError(f"--seeds {text!r}: expected START:STOP, e.g. 5000:5100") from None
+    if stop <= start:
+        raise StageError(f"--seeds {text!r}: empty range")
+    return list(range(start, stop))
+
+
+def collected_seeds(raw: Path) -> set[int]:
+    """World seeds of the recorded episodes (from their `-options.json`)."""
+    return {
+        int(json.loads(p.read_text()).get("world_seed", -1)) for p in raw.rglob("*-options.json")
+    }
+
+
+def behaviour_stats(raw: Path) -> list[dict[str, Any]]:
+    """Stats lines of the recorded Crafter episodes (from their JSON lines, which carry the
+    step of each achievement); episodes that do not parse are skipped, as `ingest` quarantines
+    them."""
+    from dreamer4.episodes.crafter_format import read_jsonl
+    from dreamer4.episodes.episode import EpisodeError
+
+    stats = []
+    for path in sorted(raw.rglob("*.jsonl")):
+        if path.name == "stats.jsonl" or path.name.startswith("."):
+            continue
+        try:
+            lines = read_jsonl(path)
+        except EpisodeError:
+            continue
+        counts: dict[str, int] = {}
+        first: dict[str, int] = {}
+        for t, line in enumerate(lines):
+            for name in line.get("achievements") or []:
+                counts[name] = counts.get(name, 0) + 1
+                first.setdefault(name, t + 1)  # line t holds what action t unlocked
+        options = path.with_name(f"{path.stem}-options.json")
+        seed = json.loads(options.read_text()).get("world_seed") if options.is_file() else None
+        stats.append(
+            {
+                "length": len(lines) - 1,
+                "reward": round(sum(float(x.get("reward", 0.0)) for x in lines), 1),
+                **{f"achievement_{k}": v for k, v in sorted(counts.items())},
+                "seed": seed,
+                "first_step": first,
+            }
+        )
+    return stats
+
+
+def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[str, ...]]:
+    """An `AgentPlayer` for a phase-2 agent folder or a phase-3 policy folder (its trained
+    policy head), with the context it was trained on; and its task vocabulary."""
+    from dreamer4.agent import load_agent, load_policy
+    from dreamer4.eval.agent_player import AgentPlayer
+
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing (was the training stage run?)")
+    model = json.loads(config_file.read_text())["model"]
+    if "imagination" in model:  # train_policy output: the agent with its RL-trained head
+        module, _ = load_policy(folder)
+        agent, context = module.agent, int(model["imagination"]["context_window"])
+    else:
+        agent, _ = load_agent(folder)
+        context = int(model["sequence"]["length"]) - 1
+    noise = float(model.get("shortcut", {}).get("context_noise", 0.1))
+    player = AgentPlayer(tokenizer.to(device), agent.to(device), context_noise=noise)
+    player.context = context
+    return player, agent.cfg.tasks
+
+
+def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, tuple, Any]:
+    """Worker: the player of one agent (loaded once per process), its tasks and resolution."""
+    import torch
+
+    players = _WORKER.setdefault("players", {})
+    if (name, folder) not in players:
+        if name == "random":
+            from dreamer4.agent import ActionSpace
+            from dreamer4.episodes.actions import CRAFTER_ACTIONS
+            from dreamer4.eval.agent_player import RandomPlayer
+
+            space = ActionSpace((("crafter", "categorical", len(CRAFTER_ACTIONS)),))
+            players[name, folder] = (RandomPlayer(space), (), None)
+        else:
+            from dreamer4.tokenizer import load_tokenizer
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            tok, config = load_tokenizer(Path(str(tokenizer)))
+            player, tasks = model_player(Path(str(folder)), tok, device)
+            players[name, folder] = (player, tasks, int(config["model"]["resolution"]))
+    return players[name, folder]
+
+
+def _play_world(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Worker: every agent plays one world seed, each from its own copy of the world as
+    generated (Crafter's world generation costs seconds; a copy, milliseconds)."""
+    import copy
+
+    import torch
+
+    from dreamer4.envs.crafter_env import make_env, reseed
+    from dreamer4.eval.prompted_play import play_prompted, prompt_indices
+
+    torch.set_num_threads(job["threads"])
+    key = (job["size"], job["max_steps"])
+    if _WORKER.get("env_key") != key:
+        _WORKER["env_key"] = key
+        _WORKER["env"] = make_env(0, size=job["size"], length=job["max_steps"])
+    world = _WORKER["env"]
+    reseed(world, job["seed"])
+    first = world.reset()
+    results = []
+    for name, folder in job["agents"]:
+        player, tasks, resolution = _player(name, folder, job["tokenizer"])
+        # CPU generator: the same draws on any device; seeded by (seed, agent, episode)
+        a = list(AGENTS).index(name)
+        sample_seed = np.random.SeedSequence([job["sample_seed"], a, job["index"]])
+        player.generator = torch.Generator().manual_seed(int(sample_seed.generate_state(1)[0]))
+        frames: list[np.ndarray] | None = [] if job["record"] else None
+        stats = play_prompted(
+            copy.deepcopy(world),
+            player,
+            prompt_indices(tasks),
+            tasks,
+            job["max_steps"],
+            resolution,
+            frames,
+            obs=first.copy(),
+        )
+        stats["seed"] = job["seed"]
+        clip = np.stack(frames[: job["clip_steps"]]) if frames else None
+        results.append({"agent": name, "stats": stats, "clip": clip})
+    return results
+
+
+def play_agents(
+    agents: dict[str, str | None],
+    tokenizer: Path | None,
+    seeds: list[int],
+    max_steps: int,
+    size: int,
+    workers: int,
+    seed: int,
+    clip_steps: int,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, np.ndarray]]:
+    """Play every seed with every agent (key → model folder, None for random) in worker
+    processes, one world seed per job: stats lines per agent (in seed order) and the first
+    episode's clip per agent."""
+    from dreamer4.parallel import imap_workers
+
+    listed = [(name, None if f is None else str(f)) for name, f in agents.items()]
+    jobs = [
+        {
+            "agents": listed,
+            "tokenizer": None if tokenizer is None else str(tokenizer),
+            "index": i,
+            "seed": world_seed,
+            "sample_seed": seed,
+            "max_steps": max_steps,
+            "size": size,
+            "record": i == 0,
+            "clip_steps": clip_steps,
+            "threads": 1 if workers > 1 else 2,
+        }
+        for i, world_seed in enumerate(seeds)
+    ]
+    stats: dict[str, list[dict[str, Any]]] = {name: [] for name in agents}
+    clips: dict[str, np.ndarray] = {}
+    for world in imap_workers(_play_world, jobs, workers):
+        for done in world:
+            stats[done["agent"]].append(done["stats"])
+            if done["clip"] is not None:
+                clips[done["agent"]] = done["clip"]
+    return stats, clips
+
+
+def evaluate(
+    agents: list[str],
+    folders: dict[str, Path | None],
+    seeds: list[int],
+    settings: dict[str, Any],
+    out: Path,
+    metrics: Path | None,
+    metrics_root: Path | None,
+) -> pd.DataFrame:
+    """Evaluate, write the report folder (swapped in whole) and the DVC metrics; returns the
+    headline table."""
+    from dreamer4.eval.prompted_play import MILESTONES
+    from dreamer4.eval.report import Report
+    from dreamer4.eval.tables import (
+        episode_rows,
+        headline_table,
+        success_table,
+        time_to_milestone,
+    )
+
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise StageError(f"evaluate: unknown agents {unknown} (choose from {list(AGENTS)})")
+    raw = folders.get("raw")
+    if raw is not None and Path(raw).is_dir():
+        overlap = sorted(collected_seeds(Path(raw)) & set(seeds))
+        if overlap:
+            raise StageError(
+                f"{raw}: world seeds {overlap[:5]} were collected; evaluation seeds must be "
+                "held out (choose another first_seed or --seeds)"
+            )
+    played = {a: None if a == "random" else folders[a] for a in agents if a != "behaviour"}
+    for a, folder in played.items():
+        if a != "random" and (folder is None or not (Path(folder) / "config.json").is_file()):
+            raise StageError(f"{folder}/config.json: missing, cannot evaluate {AGENTS[a]}")
+    if any(a != "random" for a in played):
+        tok = folders.get("tokenizer")
+        if tok is None or not (Path(tok) / "config.json").is_file():
+            raise StageError(f"{tok}/config.json: missing (the tokenizer the agents read with)")
+    stats, clips = play_agents(
+        played,
+        folders.get("tokenizer"),
+        seeds,
+        int(settings["max_steps"]),
+        int(settings["size"]),
+        int(settings["workers"]),
+        int(settings["seed"]),
+        int(settings["clip_steps"]),
+    )
+    if "behaviour" in agents:
+        if raw is None or not Path(raw).is_dir():
+            raise StageError(f"{raw}: no raw episodes for the behaviour-data row")
+        recorded = behaviour_stats(Path(raw))
+        if not recorded:
+            raise StageError(f"{raw}: no Crafter recordings (JSON lines) for the behaviour row")
+        stats = {"behaviour": recorded, **stats}
+    order = [a for a in AGENTS if a in stats]
+    episodes = pd.concat([episode_rows(a, stats[a]) for a in order], ignore_index=True)
+    success = success_table(episodes)
+    headline = headline_table(episodes, MILESTONES, AGENTS)
+    timing = time_to_milestone(episodes, MILESTONES, AGENTS)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for a in order:
+            (tmp / a).mkdir()
+            lines = [{k: v for k, v in s.items() if k != "first_step"} for s in stats[a]]
+            (tmp / a / "stats.jsonl").write_text("".join(json.dumps(s) + "\n" for s in lines))
+        episodes.to_parquet(tmp / "episodes.parquet", index=False)
+        success.to_csv(tmp / "success.csv", index=False, float_format="%.2f")
+        headline.to_csv(tmp / "headline.csv", float_format="%.2f")
+        timing.to_csv(tmp / "time_to_milestone.csv", float_format="%.1f")
+        report = Report(tmp, metrics_root, AGENTS, MILESTONES)
+        report.write(
+            headline,
+            success,
+            timing,
+            clips,
+            folders.get("imagination"),
+            {"seeds": f"{seeds[0]}:{seeds[-1] + 1}", **settings, "agents": order},
+        )
+        from dreamer4.files import swap_in_folder
+
+        swap_in_folder(tmp, out, "report.md", "an evaluation report")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if metrics is not None:
+        _metrics(metrics, headline, order)
+    return headline
+
+
+def _metrics(metrics: Path, headline: pd.DataFrame, order: list[str]) -> None:
+    from dreamer4.episodes.dataset import write_json
+    from dreamer4.eval.prompted_play import MILESTONES
+    from dreamer4.files import atomic_path
+
+    metrics.mkdir(parents=True, exist_ok=True)
+    values: dict[str, float] = {}
+    for key, (_, row) in zip(order, headline.iterrows(), strict=True):
+        values[f"eval/{key}/score"] = round(float(row["score"]), 4)
+        values[f"eval/{key}/return"] = round(float(row["return"]), 4)
+        values[f"eval/{key}/length"] = round(float(row["length"]), 2)
+        values.update({f"eval/{key}/{m}": round(float(row[m]), 2) for m in MILESTONES})
+    with atomic_path(metrics / "metrics.json") as tmp:
+        write_json(tmp, values)
+    table = headline[list(MILESTONES)].T
+    table.columns = order
+    table.index.name = "milestone"
+    with atomic_path(metrics / "milestones.tsv") as tmp:
+        table.to_csv(tmp, sep="\t", float_format="%.2f")
+
+
+def show(out: Path) -> str:
+    """The headline table of an existing report, as printed at the end of `make run`."""
+    table = out / "headline.csv"
+    if not table.is_file():
+        raise StageError(f"{table}: missing (run `dvc repro evaluate` first)")
+    headline = pd.read_csv(table, index_col=0)
+    text = headline.to_string(float_format=lambda v: f"{v:.1f}")
+    return (
+        f"{text}\n(score: Crafter score in %; milestone columns: success rate in %)\n"
+        f"report: {(out / 'report.html').resolve()}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreamer4.params import section
+
+    own = section(Path(args.params), args.profile, "evaluate")
+    paths = own.pop("paths", {})
+    out = Path(args.out or paths.get("report", "reports/eval"))
+    if args.show:
+        print(show(out))
+        return 0
+    if own.get("env", "crafter") != "crafter":
+        raise StageError(
+            f"{args.params}: evaluate.env {own['env']!r}: only Crafter can be played here "
+            "(Minecraft evaluation needs MineRL, the optional `minerl` extra)"
+        )
+    agents = args.agents.split(",") if args.agents else list(own.get("agents", AGENTS))
+    if args.seeds:
+        seeds = parse_seeds(args.seeds)
+    else:
+        first = int(own.get("first_seed", 1_000_000))
+        seeds = list(range(first, first + int(own.get("episodes", 8))))
+    settings = {
+        "max_steps": args.max_steps or own.get("max_steps", 10000),
+        "size": own.get("size", 64),
+        "workers": args.workers or own.get("workers", 2),
+        "seed": own.get("seed", 0),
+        "clip_steps": own.get("clip_steps", 96),
+    }
+
+    def folder(flag: str | None, key: str, default: str) -> Path:
+        return Path(flag or paths.get(key, default))
+
+    folders: dict[str, Path | None] = {
+        "tokenizer": folder(args.tokenizer, "tokenizer", "models/tokenizer"),
+        "wm_bc": folder(args.agent, "agent", "models/agent"),
+        "bc": folder(args.bc_agent, "bc_agent", "models/bc_agent"),
+        "dreamer4": folder(args.policy, "policy", "models/policy"),
+        "raw": folder(args.raw, "raw", "data/raw"),
+        "imagination": folder(args.imagination, "imagination", "data/imagination"),
+    }
+    # A standalone run (--out without --metrics) evaluates a policy from elsewhere: this
+    # repository's training curves and world-model numbers are not about it, so they stay out.
+    pipeline = args.metrics is not None or args.out is None
+    metrics = Path(args.metrics or "metrics/evaluate") if pipeline else None
+    evaluate(agents, folders, seeds, settings, out, metrics, Path("metrics") if pipeline else None)
+    print(show(out))
+    return 0

@@ -1,0 +1,64 @@
+"""The evaluation tables: Wilson intervals, Table 7 (success, score) and Table 8 (time) by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dreamer4.eval.crafter_score import crafter_score
+from dreamer4.eval.tables import (
+    episode_rows,
+    headline_table,
+    success_table,
+    time_to_milestone,
+    wilson_interval,
+)
+
+MILESTONES = ("collect_wood", "place_table")
+LABELS = {"a": "Agent A", "b": "Agent B"}
+
+
+def test_wilson_interval_matches_published_values():
+    low, high = wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    # 0/10: [0, 27.75] %; 5/10: [23.66, 76.34] %; 10/10: [72.25, 100] %
+    np.testing.assert_allclose(low, [0.0, 23.66, 72.25], atol=0.01)
+    np.testing.assert_allclose(high, [27.75, 76.34, 100.0], atol=0.01)
+
+
+def test_tables_from_hand_made_episodes():
+    a = [
+        {"length": 10, "reward": 2.0, "achievement_collect_wood": 2,
+         "first_step": {"collect_wood": 4}},
+        {"length": 20, "reward": 3.0, "achievement_collect_wood": 1, "achievement_place_table": 1,
+         "first_step": {"collect_wood": 8, "place_table": 15}},
+        {"length": 30, "reward": 0.0},
+        {"length": 40, "reward": 1.0, "achievement_wake_up": 1},
+    ]  # fmt: skip
+    b = [{"length": 5, "reward": 0.0}, {"length": 7, "reward": 1.0, "achievement_wake_up": 1}]
+    episodes = pd.concat([episode_rows("a", a), episode_rows("b", b)], ignore_index=True)
+
+    success = success_table(episodes).set_index(["agent", "achievement"])
+    assert success.loc[("a", "collect_wood"), "successes"] == 2
+    assert success.loc[("a", "collect_wood"), "success_rate"] == pytest.approx(50.0)
+    assert success.loc[("b", "wake_up"), "success_rate"] == pytest.approx(50.0)
+    assert success.loc[("a", "collect_diamond"), "ci_low"] == 0.0
+    assert (success["ci_low"] <= success["success_rate"]).all()
+    assert (success["success_rate"] <= success["ci_high"]).all()
+
+    headline = headline_table(episodes, MILESTONES, LABELS)
+    assert list(headline.index) == ["Agent A", "Agent B"]
+    rates_a = success.loc["a", "success_rate"]
+    assert headline.loc["Agent A", "score"] == pytest.approx(crafter_score(rates_a))
+    assert headline.loc["Agent A", "episodes"] == 4
+    assert headline.loc["Agent A", "return"] == pytest.approx(1.5)
+    assert headline.loc["Agent A", "length"] == pytest.approx(25.0)
+    assert headline.loc["Agent A", "place_table"] == pytest.approx(25.0)
+    assert headline.loc["Agent B", "collect_wood"] == 0.0
+
+    timing = time_to_milestone(episodes, MILESTONES, LABELS)
+    assert timing.loc["Agent A", "collect_wood"] == pytest.approx(6.0)  # over the 2 that did
+    assert timing.loc["Agent A", "n/collect_wood"] == 2
+    assert timing.loc["Agent A", "place_table"] == pytest.approx(15.0)
+    assert np.isnan(timing.loc["Agent B", "collect_wood"])
+    assert timing.loc["Agent B", "n/place_table"] == 0

@@ -1,0 +1,154 @@
+"""`evaluate`: a small real evaluation in Crafter gives a report with every agent's row, Crafter
+stats that `dreamer4 score` reads, an HTML page that opens in headless Chromium, and results
+that do not depend on the worker count; held-out seeds are enforced."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dreamer4.agent import policy_module
+from dreamer4.cli import main
+from dreamer4.eval.crafter_score import read_stats
+from dreamer4.stages.collect import collect
+from dreamer4.stages.evaluate import AGENTS
+from dreamer4.tokenizer import Tokenizer, TokenizerConfig
+from dreamer4.train.checkpoint import export
+from tests.test_agent import small_agent
+
+LABELS = list(AGENTS.values())
+
+
+def _export(folder: Path, module: torch.nn.Module, model: dict) -> Path:
+    weights = module.state_dict()
+    export(folder, weights, weights, {"model": model})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small untrained models in the stages' output format, and two recorded episodes."""
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    tok_cfg = TokenizerConfig(
+        resolution=32, patch=8, latents=4, bottleneck=4, width=32, depth=2, decoder_depth=1,
+        heads=2, time_every=2, sequence=4,
+    )  # fmt: skip
+    paths = {
+        "tokenizer": _export(root / "tokenizer", Tokenizer(tok_cfg), dataclasses.asdict(tok_cfg))
+    }
+    agent = small_agent()
+    model = {
+        "dynamics": dataclasses.asdict(agent.dynamics.cfg),
+        "agent": dataclasses.asdict(agent.cfg),
+        "sequence": {"length": 8},
+        "shortcut": {"context_noise": 0.1},
+    }
+    wrapper = torch.nn.Module()
+    wrapper.agent = agent
+    paths["agent"] = _export(root / "agent", wrapper, model)
+    paths["bc_agent"] = _export(root / "bc_agent", wrapper, model)
+    policy = {**model, "imagination": {"context_window": 7}}
+    paths["policy"] = _export(root / "policy", policy_module(small_agent()), policy)
+    paths["raw"] = root / "raw"
+    collect(paths["raw"], episodes=2, seed=3, max_steps=30, size=64, workers=1, skill=1.0)
+    return paths
+
+
+def _argv(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        *("--tokenizer", str(paths["tokenizer"]), "--agent", str(paths["agent"])),
+        *("--bc-agent", str(paths["bc_agent"]), "--policy", str(paths["policy"])),
+        *("--raw", str(paths["raw"]), "--max-steps", "12", "--out", str(out)),
+        *extra,
+    ]
+
+
+def test_report_has_every_agent_and_stats_crafter_reads(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml: every setting from the command line
+    out, metrics = tmp_path / "report", tmp_path / "metrics"
+    code = main(
+        _argv(setup, out, "--seeds", "500:502", "--workers", "2", "--metrics", str(metrics))
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    report = (out / "report.md").read_text()
+    for label in LABELS:
+        assert f"| {label} " in report, label
+    headline = pd.read_csv(out / "headline.csv", index_col=0)
+    assert list(headline.index) == LABELS
+    assert headline.loc["Behaviour data", "episodes"] == 2
+    for key in AGENTS:
+        episodes = read_stats(out / key)  # Crafter's stats.jsonl, per agent
+        assert len(episodes) == 2, key
+    assert code == 0 and main(["score", str(out / "dreamer4"), str(out / "behaviour")]) == 0
+    assert f"{out / 'dreamer4'}: score " in capsys.readouterr().out
+    table = pd.read_parquet(out / "episodes.parquet")
+    played = table[table["agent"] != "behaviour"]
+    assert (played["length"] <= 12).all() and set(played["seed"]) == {500, 501}
+    values = json.loads((metrics / "metrics.json").read_text())
+    assert {k.split("/")[1] for k in values} == set(AGENTS)
+    assert {"eval/wm_bc/collect_wood", "eval/wm_bc/collect_diamond"} <= set(values)
+    assert 0 <= values["eval/dreamer4/score"] <= 100
+    assert (out / "real_game.gif").is_file() and (out / "success.png").is_file()
+
+    # the same seeds with one process give the same episodes (sampling seeded per episode)
+    alone = tmp_path / "alone"
+    assert (
+        main(_argv(setup, alone, "--agents", "dreamer4", "--seeds", "500:502", "--workers", "1"))
+        == 0
+    )
+    assert read_stats(alone / "dreamer4") == read_stats(out / "dreamer4")
+    assert list(pd.read_csv(alone / "headline.csv", index_col=0).index) == ["Dreamer 4"]
+    assert not (tmp_path / "metrics/evaluate").exists()  # standalone: no pipeline metrics
+
+    _open_in_chromium(out / "report.html", tmp_path / "report.png")
+
+
+def _open_in_chromium(page: Path, screenshot: Path) -> None:
+    """The page loads in headless Chromium with no console errors, every image decodes and
+    the headline table has a row per agent."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("no /usr/bin/chromium: `apt-get install chromium` to run the browser check")
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=flags, timeout=60_000)
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(page.as_uri(), timeout=60_000)
+            images = tab.evaluate("[...document.images].map(i => i.complete && i.naturalWidth)")
+            rows = tab.locator("table").first.locator("tbody tr").all_inner_texts()
+            tab.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(images) >= 2 and all(w > 0 for w in images), images
+    assert [r.split("\t")[0] for r in rows] == LABELS
+
+
+def test_evaluation_seeds_must_be_held_out(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    world = json.loads(next(setup["raw"].glob("*-options.json")).read_text())["world_seed"]
+    code = main(_argv(setup, tmp_path / "out", "--seeds", f"{world}:{world + 1}"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(setup["raw"]) in err and "held out" in err
+    assert not (tmp_path / "out").exists()
