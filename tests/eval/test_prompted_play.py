@@ -61,3 +61,30 @@ def test_plain_crafter_episode_ends_by_its_length():
     assert stats["length"] == 15
     assert all(k == "length" or k == "reward" or k == "first_step" or k.startswith("achievement_")
                for k in stats)  # fmt: skip
+
+
+def test_a_copied_world_plays_like_a_fresh_reset():
+    """`evaluate` generates each world once and lets every agent play a copy of it."""
+    import copy
+
+    import torch
+
+    from dreamer4.agent import ActionSpace
+    from dreamer4.envs.crafter_env import reseed
+    from dreamer4.eval.agent_player import RandomPlayer
+
+    space = ActionSpace((("crafter", "categorical", 17),))
+    env = make_env(0, length=120)
+
+    def play(world, obs=None, frames=None):
+        player = RandomPlayer(space, torch.Generator().manual_seed(4))
+        return play_prompted(world, player, [], (), 120, size=32, frames=frames, obs=obs)
+
+    reseed(env, 21)
+    first = env.reset()
+    copied_frames, fresh_frames = [], []
+    copied = play(copy.deepcopy(env), first.copy(), copied_frames)
+    reseed(env, 21)
+    fresh = play(env, frames=fresh_frames)
+    assert copied == fresh and copied["length"] > 1
+    assert all((a == b).all() for a, b in zip(copied_frames, fresh_frames, strict=True))

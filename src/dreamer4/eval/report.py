@@ -40,7 +40,7 @@ _PAGE = """<!DOCTYPE html>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f2f2f2; overflow-wrap: anywhere; max-width: 8em; font-size: 0.85em; }
+th { background: #f2f2f2; max-width: 9em; font-size: 0.85em; }
 .wide { overflow-x: auto; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 .note { color: #555; font-size: 0.9em; }
@@ -79,6 +79,12 @@ def display(table: pd.DataFrame, digits: int) -> pd.DataFrame:
         return f"{float(v):.{digits}f}"
 
     return table.reset_index().map(cell)
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    """HTML table whose long snake_case headers may wrap after an underscore, not mid-word."""
+    table = table.rename(columns=lambda c: str(c).replace("_", "_\u200b"))
+    return table.to_html(index=False, border=0)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -285,6 +291,7 @@ class Report:
         wide = success.assign(agent=success["agent"].map(self.labels)).pivot(
             index="achievement", columns="agent", values="success_rate"
         )[[self.labels[a] for a in dict.fromkeys(success["agent"])]]
+        wide.columns.name = None
         low = success.pivot(index="achievement", columns="agent", values="ci_low")
         high = success.pivot(index="achievement", columns="agent", values="ci_high")
         for agent in dict.fromkeys(success["agent"]):
@@ -357,9 +364,7 @@ class Report:
                 {
                     "title": s["title"],
                     "note": s["note"],
-                    "table": None
-                    if table is None
-                    else display(table, s["digits"]).to_html(index=False, border=0),
+                    "table": None if table is None else _html_table(display(table, s["digits"])),
                     "image": _data_uri(Path(s["image"])) if s["image"] else None,
                 }
             )
