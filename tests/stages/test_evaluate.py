@@ -152,3 +152,17 @@ def test_evaluation_seeds_must_be_held_out(setup, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert str(setup["raw"]) in err and "held out" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_recording_is_skipped_and_reported(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    shutil.copytree(setup["raw"], raw)
+    bad = sorted(raw.glob("*.jsonl"))[0]
+    bad.write_text(bad.read_text()[:-40])  # a truncated last line
+    out = tmp_path / "out"
+    code = main([*_argv({**setup, "raw": raw}, out), "--agents", "behaviour", "--seeds", "9:10"])
+    assert code == 0
+    assert f"skips {bad}: line" in capsys.readouterr().err
+    assert len(read_stats(out / "behaviour")) == 1  # the good one goes on
+    assert "behaviour episodes skipped (unreadable): 1" in (out / "report.md").read_text()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -90,20 +91,21 @@ def collected_seeds(raw: Path) -> set[int]:
     }
 
 
-def behaviour_stats(raw: Path) -> list[dict[str, Any]]:
+def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Stats lines of the recorded Crafter episodes (from their JSON lines, which carry the
-    step of each achievement); episodes that do not parse are skipped, as `ingest` quarantines
-    them."""
+    step of each achievement), and why each episode that does not parse was skipped (as
+    `ingest` quarantines it)."""
     from dreamer4.episodes.crafter_format import read_jsonl
     from dreamer4.episodes.episode import EpisodeError
 
-    stats = []
+    stats, skipped = [], []
     for path in sorted(raw.rglob("*.jsonl")):
         if path.name == "stats.jsonl" or path.name.startswith("."):
             continue
         try:
             lines = read_jsonl(path)
-        except EpisodeError:
+        except EpisodeError as err:
+            skipped.append(str(err))
             continue
         counts: dict[str, int] = {}
         first: dict[str, int] = {}
@@ -122,7 +124,7 @@ def behaviour_stats(raw: Path) -> list[dict[str, Any]]:
                 "first_step": first,
             }
         )
-    return stats
+    return stats, skipped
 
 
 def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[str, ...]]:
@@ -284,6 +286,16 @@ def evaluate(
                 f"{raw}: world seeds {overlap[:5]} were collected; evaluation seeds must be "
                 "held out (choose another first_seed or --seeds)"
             )
+    recorded: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    if "behaviour" in agents:  # read first: a bad raw folder fails before the long part
+        if raw is None or not Path(raw).is_dir():
+            raise StageError(f"{raw}: no raw episodes for the behaviour-data row")
+        recorded, skipped = behaviour_stats(Path(raw))
+        if not recorded:
+            raise StageError(f"{raw}: no Crafter recordings (JSON lines) for the behaviour row")
+        for message in skipped:
+            print(f"evaluate: behaviour row skips {message}", file=sys.stderr)
     played = {a: None if a == "random" else folders[a] for a in agents if a != "behaviour"}
     for a, folder in played.items():
         if a != "random" and (folder is None or not (Path(folder) / "config.json").is_file()):
@@ -292,22 +304,21 @@ def evaluate(
         tok = folders.get("tokenizer")
         if tok is None or not (Path(tok) / "config.json").is_file():
             raise StageError(f"{tok}/config.json: missing (the tokenizer the agents read with)")
-    stats, clips = play_agents(
-        played,
-        folders.get("tokenizer"),
-        seeds,
-        int(settings["max_steps"]),
-        int(settings["size"]),
-        int(settings["workers"]),
-        int(settings["seed"]),
-        int(settings["clip_steps"]),
+    stats, clips = (
+        ({}, {})
+        if not played
+        else play_agents(
+            played,
+            folders.get("tokenizer"),
+            seeds,
+            int(settings["max_steps"]),
+            int(settings["size"]),
+            int(settings["workers"]),
+            int(settings["seed"]),
+            int(settings["clip_steps"]),
+        )
     )
-    if "behaviour" in agents:
-        if raw is None or not Path(raw).is_dir():
-            raise StageError(f"{raw}: no raw episodes for the behaviour-data row")
-        recorded = behaviour_stats(Path(raw))
-        if not recorded:
-            raise StageError(f"{raw}: no Crafter recordings (JSON lines) for the behaviour row")
+    if recorded:
         stats = {"behaviour": recorded, **stats}
     order = [a for a in AGENTS if a in stats]
     episodes = pd.concat([episode_rows(a, stats[a]) for a in order], ignore_index=True)
@@ -333,7 +344,12 @@ def evaluate(
             timing,
             clips,
             folders.get("imagination"),
-            {"seeds": f"{seeds[0]}:{seeds[-1] + 1}", **settings, "agents": order},
+            {
+                "seeds": f"{seeds[0]}:{seeds[-1] + 1}",
+                **settings,
+                "agents": order,
+                **({"behaviour episodes skipped (unreadable)": len(skipped)} if skipped else {}),
+            },
         )
         from dreamer4.files import swap_in_folder
 
