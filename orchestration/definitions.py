@@ -2,7 +2,10 @@
 
 `dvc repro --single-item <stage>` reruns the stage only when its deps, params or command
 changed, so an up-to-date asset is skipped (the materialization says so) and dvc.lock stays the
-record. The repository root is `$DREAMER4_REPO`, else the checkout this file lives in.
+record. Each asset's code version is its stage's command, code and params (`dvc_graph`), its
+data version the md5 DVC records for its output, so Dagster's stale markers follow DVC. The
+GPU stages carry the `dagster-k8s/config` tags of `infra/dagster/gpu_tags.yaml` for runs on
+Kubernetes. The repository root is `$DREAMER4_REPO`, else the checkout this file lives in.
 """
 
 import os
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration.automation import RETRAIN_JOB, inbox_sensor, retrain_schedule, settings
 from orchestration.checks import CHECKS
 from orchestration.dvc_graph import Stage, read_stages
 from orchestration.metadata import stage_metadata
@@ -24,13 +28,22 @@ class DvcRepo(dg.ConfigurableResource):
     root: str
 
     def repro(self, stage: str, log: dg.DagsterLogManager) -> str:
-        """Run `dvc repro --single-item stage`; its status. Raises on failure with the output.
+        """Bring the stage up to date; "up to date, skipped" or "ran". Raises on failure.
 
-        Status: "ran", "up to date, skipped" or "restored from run cache" (DVC had run these
-        exact deps and params before and checked the outputs out of its cache).
+        DVC's own status decides (its Python API, not its printed output): a stage whose
+        command, code, params and deps match dvc.lock and whose outputs are intact is skipped
+        without starting DVC's reproduction at all. Otherwise `dvc repro --single-item` runs it
+        (or restores it from DVC's run cache); its output goes to the step's log.
         """
+        from dvc.repo import Repo
+
+        with Repo(self.root) as repo:
+            if not repo.status(targets=[stage]):
+                return "up to date, skipped"
+        # steps of one run may execute at once (multiprocess executor): each waits for DVC's
+        # repository lock rather than failing
         proc = subprocess.run(
-            ["dvc", "repro", "--single-item", stage],
+            ["dvc", "--wait-for-lock", "repro", "--single-item", stage],
             cwd=self.root,
             text=True,
             stdout=subprocess.PIPE,
@@ -44,10 +57,6 @@ class DvcRepo(dg.ConfigurableResource):
                 description=f"dvc repro {stage} failed (exit {proc.returncode})",
                 metadata={"output": dg.MetadataValue.text(proc.stdout[-5000:])},
             )
-        if f"Stage '{stage}' didn't change, skipping" in proc.stdout:
-            return "up to date, skipped"
-        if f"Stage '{stage}' is cached - skipping run" in proc.stdout:
-            return "restored from run cache"
         return "ran"
 
     def lock_hash(self, stage: str) -> str | None:
@@ -61,13 +70,32 @@ class DvcRepo(dg.ConfigurableResource):
         return outs[0].get("md5") if outs else None
 
 
-def _asset(stage: Stage) -> dg.AssetsDefinition:
+def k8s_tags(root: Path, stage: str) -> dict[str, str]:
+    """The `dagster-k8s/config` op tag of a stage (GPU node selector and limits for training),
+    from `infra/dagster/gpu_tags.yaml`; none where the file is absent."""
+    import json
+
+    import yaml
+
+    path = root / "infra/dagster/gpu_tags.yaml"
+    if not path.is_file():
+        return {}
+    tags = yaml.safe_load(path.read_text()) or {}
+    config = (tags.get("stages") or {}).get(stage, tags.get("default"))
+    return {"dagster-k8s/config": json.dumps(config, sort_keys=True)} if config else {}
+
+
+def _asset(stage: Stage, owners: list[str], op_tags: dict[str, str]) -> dg.AssetsDefinition:
     @dg.asset(
         name=stage.asset,
         deps=[dg.AssetKey(a) for a in stage.upstream],
         description=f"{stage.description}\n\nDVC stage `{stage.name}`: `{stage.cmd}`",
-        group_name="pipeline",
+        group_name=stage.group,
         kinds={"dvc"},
+        owners=owners,
+        code_version=stage.code_version or None,
+        op_tags=op_tags,
+        tags={"dvc_stage": stage.name},
         metadata={"dvc_stage": stage.name, "outs": list(stage.outs), "params": list(stage.params)},
     )
     def materialize_stage(context: dg.AssetExecutionContext, dvc: DvcRepo) -> dg.MaterializeResult:
@@ -92,13 +120,40 @@ def _check(stage: Stage) -> dg.AssetChecksDefinition:
     return run_check
 
 
+def executor() -> dg.ExecutorDefinition | None:
+    """`DREAMER4_EXECUTOR=k8s`: one Kubernetes pod per step, shaped by the op tags (needs the
+    cluster image's dagster-k8s); otherwise Dagster's default (steps in subprocesses)."""
+    if os.environ.get("DREAMER4_EXECUTOR", "") != "k8s":
+        return None
+    from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]
+
+    return k8s_job_executor
+
+
 def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
-    """Assets and checks for every stage of `root/dvc.yaml`."""
+    """Assets and checks for every stage of `root/dvc.yaml`, the retraining job, its weekly
+    schedule and the inbox sensor."""
     stages = read_stages(root)
+    owners = list(settings(root)["owners"])
+    gpu = {
+        s.asset
+        for s in stages
+        if "nvidia.com/gpu" in k8s_tags(root, s.name).get("dagster-k8s/config", "")
+    }
+    job = dg.define_asset_job(
+        RETRAIN_JOB,
+        selection=dg.AssetSelection.all(),
+        description="Materialize assets through DVC (stale ones only, when the schedule or the "
+        "inbox sensor asks)",
+    )
     return dg.Definitions(
-        assets=[_asset(s) for s in stages],
+        assets=[_asset(s, owners, k8s_tags(root, s.name)) for s in stages],
         asset_checks=[_check(s) for s in stages if s.asset in CHECKS],
+        jobs=[job],
+        schedules=[retrain_schedule(root, stages, job, gpu)],
+        sensors=[inbox_sensor(root, stages, job, gpu)],
         resources={"dvc": DvcRepo(root=str(root))},
+        executor=executor(),
     )
 
 

@@ -89,7 +89,7 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    for folder in ("src", "infra"):
+    for folder in ("src", "infra", "inbox"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tiny = params["profiles"]["tiny"]
@@ -116,7 +116,8 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2)
     policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2, **one_rank)
     tiny["imagine"].update(contexts=2, batch=2)
-    tiny["evaluate"].update(episodes=2, max_steps=10, workers=2, clip_steps=8)
+    # in-process (the worker pool is exercised by tests/stages/test_evaluate.py)
+    tiny["evaluate"].update(episodes=2, max_steps=10, workers=1, clip_steps=8)
     params["profiles"]["alt"] = yaml.safe_load(yaml.safe_dump(tiny))
     params["profiles"]["alt"]["collect"]["seed"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -133,6 +134,22 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "init")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A `make_dvc_repo` after one `dvc repro` of every stage, and that run's output.
+
+    One per session: training the whole pipeline is the suite's most expensive step. Tests that
+    change the repository leave it reproduced (`dvc status` clean), except the last user
+    (tests/test_pipeline_dvc.py, which switches profile).
+    """
+    import subprocess
+
+    root = make_dvc_repo(tmp_path_factory.mktemp("trained") / "repo")
+    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, proc.stdout + proc.stderr
 
 
 def make_episode_dataset(
@@ -195,3 +212,27 @@ def make_episode_dataset(
 @pytest.fixture(scope="session")
 def episode_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_episode_dataset(tmp_path_factory.mktemp("dataset") / "episodes")
+
+
+@pytest.fixture
+def chromium():
+    """A headless Debian Chromium driven by playwright (never a browser download); skipped
+    with a message where it is missing, a failure in CI (`.ci/run` installs it)."""
+    import shutil
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("no /usr/bin/chromium: `make browser` (apt-get install chromium) to run this")
+    from playwright.sync_api import sync_playwright
+
+    # closed networking: no background requests, no sandbox as root, no GPU
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=flags, timeout=60_000)
+        try:
+            yield browser
+        finally:
+            browser.close()

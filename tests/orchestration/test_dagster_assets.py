@@ -1,21 +1,53 @@
-"""Dagster: assets come from dvc.yaml, materialize through DVC in-process, and run the GX check."""
+"""Dagster: assets come from dvc.yaml, materialize through DVC in-process, run the GX checks;
+staleness follows DVC, the schedule and the inbox sensor ask for exactly the stale work."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+import yaml
 
+from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from orchestration.definitions import build_definitions
 from orchestration.dvc_graph import read_stages
-from tests.conftest import REPO, make_dvc_repo
+from tests.conftest import REPO, vpt_frames
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dvc_repo(tmp_path_factory.mktemp("dagster") / "repo", episodes=2, max_steps=40)
+def repo(trained_repo: tuple[Path, str]) -> Path:
+    """The session's trained repository (every stage reproduced by `dvc repro`)."""
+    return trained_repo[0]
+
+
+@pytest.fixture(scope="module")
+def instance() -> dg.DagsterInstance:
+    """One instance for the module: staleness compares with what it recorded."""
+    return dg.DagsterInstance.ephemeral()
+
+
+def stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list[str]]:
+    """Asset → reasons, for the assets Dagster calls stale (what the UI marks)."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
+    graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, AssetGraphView.for_test(defs, instance))
+    return {
+        key.path[-1]: [c.reason for c in resolver.get_stale_root_causes(key)]
+        for key in graph.materializable_asset_keys
+        if resolver.get_status(key) != StaleStatus.FRESH
+    }
+
+
+def dvc_status(repo: Path) -> set[str]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as r:
+        return set(r.status())
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
@@ -61,19 +93,28 @@ def test_graph_is_read_from_dvc_yaml():
     assert any(p.endswith(".ingest") for p in stages["episode_dataset"].params)
 
 
-def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
+def test_materialize_every_asset_then_skip_when_up_to_date(repo: Path, instance):
     defs = build_definitions(repo)
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("episode_dataset")).parent_keys == {dg.AssetKey("raw_episodes")}
+    node = graph.get(dg.AssetKey("world_model"))
+    assert node.group_name == "world_model" and node.owners == ["team:dreamer4"]
+    k8s = json.loads(defs.resolve_assets_def("world_model").op.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"]  # a GPU pod
+    assert (
+        "nvidia.com/gpu" not in defs.resolve_assets_def("eval_report").op.tags["dagster-k8s/config"]
+    )
+    assert node.code_version and node.code_version != graph.get(dg.AssetKey("agent")).code_version
     job = defs.resolve_implicit_global_asset_job_def()
-    instance = dg.DagsterInstance.ephemeral()
+    assert set(stale(defs, instance)) == {s.asset for s in read_stages(repo)}  # never materialized
 
     result = job.execute_in_process(instance=instance)
     assert result.success
     mats = materializations(result)
-    assert mats["raw_episodes"]["dvc_ran"].value is True
-    assert mats["raw_episodes"]["episodes"].value == 2
-    assert mats["episode_dataset"]["episodes"].value == 2
+    # `dvc repro` made everything already: Dagster records it, DVC does no work
+    assert {m["dvc_status"].value for m in mats.values()} == {"up to date, skipped"}
+    assert mats["raw_episodes"]["episodes"].value == 3
+    assert mats["episode_dataset"]["episodes"].value == 3
     assert mats["episode_dataset"]["quarantined"].value == 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(checks) == {
@@ -110,7 +151,58 @@ def test_materialize_both_assets_then_skip_when_up_to_date(repo: Path):
     again = job.execute_in_process(instance=instance)
     mats = materializations(again)
     assert mats["raw_episodes"]["dvc_status"].value == "up to date, skipped"
-    assert mats["episode_dataset"]["dvc_ran"].value is False
+    assert {a for a, m in mats.items() if m["dvc_ran"].value} == set()  # no work at all
+    assert stale(defs, instance) == {} and dvc_status(repo) == set()
+
+
+def test_a_param_makes_its_stage_stale_and_the_schedule_reruns_only_that(repo: Path, instance):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profiles"]["tiny"]["train_policy"]["imagination"]["lam"] = 0.9
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    defs = build_definitions(repo)  # a code location reload
+    # the UI's stale marker and `dvc status` name the same stage, for the same reason
+    assert stale(defs, instance) == {"policy": ["has a new code version"]}
+    assert dvc_status(repo) == {"train_policy"}
+
+    schedule = defs.resolve_schedule_def("retrain_schedule")
+    assert schedule.cron_schedule == "0 3 * * 1"  # weekly, from params.yaml
+    context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
+    [request] = schedule.evaluate_tick(context).run_requests
+    requested = {k.path[-1] for k in request.asset_selection}
+    assert requested == {"policy", "imagination_dataset", "eval_report"}  # and downstream
+    assert request.tags == {"dreamer4/reason": "schedule", "dreamer4/gpu": "true"}
+
+    job = defs.resolve_job_def("retrain")
+    result = job.execute_in_process(
+        instance=instance, asset_selection=list(request.asset_selection), tags=request.tags
+    )
+    assert result.success
+    ran = {a for a, m in materializations(result).items() if m["dvc_ran"].value}
+    assert ran == requested  # DVC recomputed exactly these stages
+    assert stale(defs, instance) == {} and dvc_status(repo) == set()
+    assert schedule.evaluate_tick(context).skip_message == "dvc status: every stage is up to date"
+
+
+def test_inbox_sensor_requests_a_run_for_new_episodes(repo: Path, instance):
+    defs = build_definitions(repo)
+    sensor = defs.resolve_sensor_def("inbox_sensor")
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    assert sensor.evaluate_tick(context).skip_message.endswith("no new episodes (0 seen)")
+    lines = [vpt_line({"forward"}, (0.0, 0.0))] * 10
+    write_vpt_episode(repo / "inbox", "delivered-0", vpt_frames(10, 0), lines)
+    try:
+        tick = sensor.evaluate_tick(context)
+        [request] = tick.run_requests
+        # collect depends on the inbox, so it and everything downstream are stale now
+        assert dvc_status(repo) == {"collect"}
+        assert {k.path[-1] for k in request.asset_selection} == {s.asset for s in read_stages(repo)}
+        assert request.tags["dreamer4/reason"] == "inbox"
+        later = dg.build_sensor_context(instance=instance, definitions=defs, cursor=tick.cursor)
+        assert sensor.evaluate_tick(later).skip_message.endswith("no new episodes (1 seen)")
+    finally:
+        for path in (repo / "inbox").glob("delivered-0*"):
+            path.unlink()
+    assert dvc_status(repo) == set()
 
 
 def test_check_fails_on_a_corrupted_step_index(repo: Path, tmp_path: Path):

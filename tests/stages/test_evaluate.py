@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -72,7 +71,9 @@ def _argv(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_report_has_every_agent_and_stats_crafter_reads(setup, tmp_path, capsys, monkeypatch):
+def test_report_has_every_agent_and_stats_crafter_reads(
+    setup, tmp_path, capsys, monkeypatch, chromium
+):
     monkeypatch.chdir(tmp_path)  # no params.yaml: every setting from the command line
     out, metrics = tmp_path / "report", tmp_path / "metrics"
     code = main(
@@ -111,34 +112,20 @@ def test_report_has_every_agent_and_stats_crafter_reads(setup, tmp_path, capsys,
     assert list(pd.read_csv(alone / "headline.csv", index_col=0).index) == ["Dreamer 4"]
     assert not (tmp_path / "metrics/evaluate").exists()  # standalone: no pipeline metrics
 
-    _open_in_chromium(out / "report.html", tmp_path / "report.png")
+    _open_in_chromium(chromium, out / "report.html", tmp_path / "report.png")
 
 
-def _open_in_chromium(page: Path, screenshot: Path) -> None:
+def _open_in_chromium(browser, page: Path, screenshot: Path) -> None:
     """The page loads in headless Chromium with no console errors, every image decodes and
     the headline table has a row per agent."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
-        pytest.skip("no /usr/bin/chromium: `apt-get install chromium` to run the browser check")
-    from playwright.sync_api import sync_playwright
-
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=flags, timeout=60_000)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.goto(page.as_uri(), timeout=60_000)
-            images = tab.evaluate("[...document.images].map(i => i.complete && i.naturalWidth)")
-            rows = tab.locator("table").first.locator("tbody tr").all_inner_texts()
-            tab.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(page.as_uri(), timeout=60_000)
+    images = tab.evaluate("[...document.images].map(i => i.complete && i.naturalWidth)")
+    rows = tab.locator("table").first.locator("tbody tr").all_inner_texts()
+    tab.screenshot(path=str(screenshot), full_page=True)
     assert errors == []
     assert len(images) >= 2 and all(w > 0 for w in images), images
     assert [r.split("\t")[0] for r in rows] == LABELS

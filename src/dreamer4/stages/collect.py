@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="rendered frame size in pixels")
     p.add_argument("--workers", type=int, help="collection processes")
     p.add_argument("--source", type=Path, help="env vpt: folder of recordings to import")
+    p.add_argument(
+        "--inbox", type=Path, help="also import the recordings delivered here (paths.inbox)"
+    )
 
 
 def episode_plan(
@@ -146,11 +149,14 @@ def _refuse_foreign_episodes(out: Path, ids: set[str]) -> None:
         )
 
 
-def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
+def import_recordings(
+    source: Path, out: Path, episodes: int = 0, keep: list[str] | None = None
+) -> list[str]:
     """Copy the episodes under `source` (all, or the first `episodes`) into `out`; their ids.
 
     Each file is copied to a temporary name and renamed, so an interrupted import leaves no
-    half-written episode. VPT's `-options.json` sidecars come along.
+    half-written episode. VPT's `-options.json` sidecars come along. `keep`: ids already in
+    `out` that belong there (episodes just recorded); any other stops the import.
     """
     import shutil
 
@@ -161,7 +167,10 @@ def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
     if not found:
         raise ParamsError(f"collect: {source} holds no recordings (.mp4 + .jsonl, .npz, .mp4)")
     chosen = found[:episodes] if episodes > 0 else found
-    _refuse_foreign_episodes(out, {r.id for r in chosen})
+    clash = sorted({r.id for r in chosen} & set(keep or ()))
+    if clash:
+        raise ParamsError(f"collect: {source} delivers {clash[0]!r}, which was just recorded")
+    _refuse_foreign_episodes(out, {r.id for r in chosen} | set(keep or ()))
     for raw in chosen:
         sidecar = source / f"{raw.id}-options.json"
         for src in (*raw.files, *([sidecar] if sidecar.is_file() else [])):
@@ -173,6 +182,8 @@ def import_recordings(source: Path, out: Path, episodes: int = 0) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamer4.episodes.readers import find_raw_episodes
+
     prm = section(args.params, args.profile, "collect")
     out = Path(setting(args.out, prm["paths"], "raw", "collect"))
     if args.source is not None or prm.get("env") == "vpt":
@@ -180,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         ids = import_recordings(source, out, args.episodes or prm.get("episodes", 0))
         print(f"collect: imported {len(ids)} episodes from {source} → {out}")
         return 0
+    inbox = Path(args.inbox) if args.inbox else None
+    delivered = inbox is not None and inbox.is_dir() and bool(find_raw_episodes(inbox))
     stats = collect(
         out=out,
         episodes=setting(args.episodes, prm, "episodes", "collect"),
@@ -194,4 +207,8 @@ def run(args: argparse.Namespace) -> int:
     )
     steps = sum(s["length"] for s in stats)
     print(f"collect: {len(stats)} episodes, {steps} steps → {out}")
+    if delivered:
+        recorded = [r.id for r in find_raw_episodes(out)]
+        ids = import_recordings(inbox, out, keep=recorded)
+        print(f"collect: imported {len(ids)} delivered episodes from {inbox} → {out}")
     return 0

@@ -107,6 +107,8 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except EpisodeError as err:
             skipped.append(str(err))
             continue
+        if "achievements" not in lines[0]:
+            continue  # not a Crafter recording (e.g. VPT actions): no achievements to count
         counts: dict[str, int] = {}
         first: dict[str, int] = {}
         for t, line in enumerate(lines):
