@@ -56,7 +56,8 @@ def stale_assets(root: Path, stages: list[Stage]) -> set[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        changed = set(repo.status())
+        # keys are `<dvc.yaml as seen from the working dir>:<stage>` outside the repo root
+        changed = {key.rsplit(":", 1)[-1] for key in repo.status()}
     by_stage = {s.name: s.asset for s in stages}
     return downstream(stages, {by_stage[name] for name in changed if name in by_stage})
 

@@ -37,8 +37,10 @@ class DvcRepo(dg.ConfigurableResource):
         """
         from dvc.repo import Repo
 
+        # the target names its dvc.yaml: a bare stage name resolves against the working dir
+        target = f"{Path(self.root) / 'dvc.yaml'}:{stage}"
         with Repo(self.root) as repo:
-            if not repo.status(targets=[stage]):
+            if not repo.status(targets=[target]):
                 return "up to date, skipped"
         # steps of one run may execute at once (multiprocess executor): each waits for DVC's
         # repository lock rather than failing
