@@ -390,7 +390,7 @@ def show(out: Path) -> str:
     if not table.is_file():
         raise StageError(f"{table}: missing (run `dvc repro evaluate` first)")
     headline = pd.read_csv(table, index_col=0)
-    text = headline.to_string(float_format=lambda v: f"{v:.1f}")
+    text = headline.rename_axis(None).to_string(float_format=lambda v: f"{v:.1f}")
     return (
         f"{text}\n(score: Crafter score in %; milestone columns: success rate in %)\n"
         f"report: {(out / 'report.html').resolve()}"
