@@ -125,10 +125,18 @@ def _check(stage: Stage) -> dg.AssetChecksDefinition:
 def executor() -> dg.ExecutorDefinition | None:
     """`DREAMER4_EXECUTOR=k8s`: one Kubernetes pod per step, shaped by the op tags (needs the
     cluster image's dagster-k8s); otherwise Dagster's default (steps in subprocesses)."""
-    if os.environ.get("DREAMER4_EXECUTOR", "") != "k8s":
+    chosen = os.environ.get("DREAMER4_EXECUTOR", "")
+    if chosen == "":
         return None
-    from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]
-
+    if chosen != "k8s":
+        raise ValueError(f"DREAMER4_EXECUTOR={chosen!r}: only 'k8s' (or unset) is known")
+    try:
+        from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise ImportError(
+            "DREAMER4_EXECUTOR=k8s needs dagster-k8s (the cluster image infra/k8s/Dockerfile "
+            "installs it)"
+        ) from err
     return k8s_job_executor
 
 

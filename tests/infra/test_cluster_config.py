@@ -316,6 +316,9 @@ def test_code_location_and_runs_share_the_workspace(
 
     repo = deployment["env"]["DREAMER4_REPO"]
     assert f"DREAMER4_REPO={repo}" in instance["run_launcher"]["config"]["env_vars"]
+    # the op tags of gpu_tags.yaml shape pods only under the k8s_job_executor
+    assert deployment["env"]["DREAMER4_EXECUTOR"] == "k8s"
+    assert "DREAMER4_EXECUTOR=k8s" in instance["run_launcher"]["config"]["env_vars"]
     assert f"DREAMER4_REPO={repo}" in dockerfile
     pvc = manifests[("PersistentVolumeClaim", "dreamer4-workspace")]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]

@@ -3,6 +3,7 @@ staleness follows DVC, the schedule and the inbox sensor ask for exactly the sta
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
         e.materialization.asset_key.path[-1]: e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
+
+
+def test_executor_is_dagsters_unless_the_cluster_asks(monkeypatch):
+    from orchestration.definitions import executor
+
+    monkeypatch.delenv("DREAMER4_EXECUTOR", raising=False)
+    assert executor() is None
+    monkeypatch.setenv("DREAMER4_EXECUTOR", "k8s")
+    if importlib.util.find_spec("dagster_k8s") is None:  # installed in the cluster image only
+        with pytest.raises(ImportError, match="needs dagster-k8s"):
+            executor()
+    else:
+        assert executor().name == "k8s"
+    monkeypatch.setenv("DREAMER4_EXECUTOR", "docker")
+    with pytest.raises(ValueError, match="only 'k8s'"):
+        executor()
 
 
 def test_graph_is_read_from_dvc_yaml():
