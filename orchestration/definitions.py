@@ -72,19 +72,20 @@ class DvcRepo(dg.ConfigurableResource):
         return outs[0].get("md5") if outs else None
 
 
-def k8s_tags(root: Path, stage: str) -> dict[str, str]:
-    """The `dagster-k8s/config` op tag of a stage (GPU node selector and limits for training),
-    from `infra/dagster/gpu_tags.yaml`; none where the file is absent."""
+def k8s_tags(root: Path, stages: list[str]) -> dict[str, dict[str, str]]:
+    """Stage → its `dagster-k8s/config` op tag (GPU node selector and limits for training),
+    from `infra/dagster/gpu_tags.yaml`; no tags where the file is absent."""
     import json
 
     import yaml
 
     path = root / "infra/dagster/gpu_tags.yaml"
-    if not path.is_file():
-        return {}
-    tags = yaml.safe_load(path.read_text()) or {}
-    config = (tags.get("stages") or {}).get(stage, tags.get("default"))
-    return {"dagster-k8s/config": json.dumps(config, sort_keys=True)} if config else {}
+    tags = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    found = {}
+    for stage in stages:
+        config = (tags.get("stages") or {}).get(stage, tags.get("default"))
+        found[stage] = {"dagster-k8s/config": json.dumps(config, sort_keys=True)} if config else {}
+    return found
 
 
 def _asset(stage: Stage, owners: list[str], op_tags: dict[str, str]) -> dg.AssetsDefinition:
@@ -145,10 +146,9 @@ def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
     schedule and the inbox sensor."""
     stages = read_stages(root)
     owners = list(settings(root)["owners"])
+    tags = k8s_tags(root, [s.name for s in stages])
     gpu = {
-        s.asset
-        for s in stages
-        if "nvidia.com/gpu" in k8s_tags(root, s.name).get("dagster-k8s/config", "")
+        s.asset for s in stages if "nvidia.com/gpu" in tags[s.name].get("dagster-k8s/config", "")
     }
     job = dg.define_asset_job(
         RETRAIN_JOB,
@@ -157,7 +157,7 @@ def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
         "inbox sensor asks)",
     )
     return dg.Definitions(
-        assets=[_asset(s, owners, k8s_tags(root, s.name)) for s in stages],
+        assets=[_asset(s, owners, tags[s.name]) for s in stages],
         asset_checks=[_check(s) for s in stages if s.asset in CHECKS],
         jobs=[job],
         schedules=[retrain_schedule(root, stages, job, gpu)],

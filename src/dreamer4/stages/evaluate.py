@@ -146,8 +146,9 @@ def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[
         agent, _ = load_agent(folder)
         context = int(model["sequence"]["length"]) - 1
     noise = float(model.get("shortcut", {}).get("context_noise", 0.1))
-    player = AgentPlayer(tokenizer.to(device), agent.to(device), context_noise=noise)
-    player.context = context
+    player = AgentPlayer(
+        tokenizer.to(device), agent.to(device), context_noise=noise, context=context
+    )
     return player, agent.cfg.tasks
 
 
@@ -168,7 +169,10 @@ def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, 
             from dreamer4.tokenizer import load_tokenizer
 
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            tok, config = load_tokenizer(Path(str(tokenizer)))
+            if _WORKER.get("tokenizer_key") != tokenizer:  # one load per worker, not per agent
+                _WORKER["tokenizer_key"] = tokenizer
+                _WORKER["tokenizer"] = load_tokenizer(Path(str(tokenizer)))
+            tok, config = _WORKER["tokenizer"]
             player, tasks = model_player(Path(str(folder)), tok, device)
             players[name, folder] = (player, tasks, int(config["model"]["resolution"]))
     return players[name, folder]
