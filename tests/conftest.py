@@ -113,7 +113,7 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     one_rank = {"launcher": "none", "nproc": 1}
     agent["train"].update(steps=4, micro_batch=4, checkpoint_every=2, **one_rank)
     policy = tiny["train_policy"]
-    policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2)
+    policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2, value_warmup=1)
     policy["train"].update(steps=2, micro_batch=2, checkpoint_every=2, **one_rank)
     tiny["imagine"].update(contexts=2, batch=2)
     # in-process (the worker pool is exercised by tests/stages/test_evaluate.py)

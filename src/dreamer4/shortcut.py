@@ -19,12 +19,23 @@ finished frame once more, lightly noised, to commit it to the KV cache as contex
 
 Choices the paper leaves open (fields of `ShortcutConfig`, defaults and why):
 
-- `bootstrap_fraction = 0.25`: fraction of rows (sequences) whose frames get d > d_min. The
-  paper is silent; 1/4 is the shortcut-models default (`bootstrap_every = 4`) and what
-  nicklashansen/dreamer4 uses. Bootstrap rows cost two extra no-grad forward passes, so 1/4
-  keeps a step about 15–20% dearer than pure flow matching. Rows are drawn by stochastic
-  rounding (⌊B·f⌋ rows plus one more with probability B·f − ⌊B·f⌋), so the expected fraction is
-  exact even for micro-batches of one and the spread per batch is as small as possible.
+- `bootstrap_fraction = 0.25`: probability that a frame gets d > d_min, drawn *per frame*, as
+  eq. 7 is written (each frame its own (τ, d)). The paper is silent on the share; 1/4 is the
+  shortcut-models default (`bootstrap_every = 4`). An earlier version drew it per row (whole
+  sequences bootstrap or flow), so the step size used at inference, d = 1/4, met about 4% of
+  frames and never with the context the sampler gives it (see `sampler_rows`); K = 4 rollouts
+  then fell far below K = k_max. Per frame, almost every row holds a bootstrap frame, so the
+  two extra no-grad passes run on nearly every row: a step costs about 1.6× a flow-only step.
+- `inference_steps = 4`, `inference_share = 0.5`: the K the sampler runs at (paper: K = 4,
+  d = 1/4) and the share of bootstrap frames that get exactly that step size; the others draw d
+  uniformly over the remaining exponents {1, 1/2, …, 2/k_max} (d_min excluded). Uniform over
+  all exponents gives d = 1/4 one share in log2(k_max) − 1 although it is the only one the agent
+  and play ever use; the finer ones still get trained, since d = 1/4 bootstraps from them.
+- `sampler_rows = 0.25`: probability that a row is laid out as the sampler sees it: every frame
+  but the last at the context level (τ_ctx, d_min, noised to τ_ctx), the last with its own
+  (τ, d). Diffusion forcing alone gives context frames random levels, so the labels of a real
+  rollout's context (τ_ctx, d_min) otherwise appear together only by chance. Those context
+  frames are ordinary flow frames (a commit pass is exactly one).
 - `ramp_on_bootstrap = True`: eq. 8 reads as weighting the whole loss, so w(τ) multiplies both
   terms (as in nicklashansen/dreamer4; lucidrains/dreamer4 ramps the flow term only). The
   paper's reason for the ramp (little signal at low τ) applies to the flow term at least.
@@ -43,9 +54,8 @@ Choices the paper leaves open (fields of `ShortcutConfig`, defaults and why):
 
 Other decisions:
 
-- Bootstrap frames draw d uniformly over the exponents {1, 1/2, …, 2/k_max}, *excluding*
-  d_min, so `bootstrap_fraction` is exactly the share of rows with bootstrap targets (d_min
-  there would only silently add flow frames). Flow rows use d = d_min on every frame.
+- Bootstrap frames never draw d_min, so `bootstrap_fraction` is exactly the share of frames
+  with bootstrap targets (d_min there would only silently add flow frames).
 - The flow term is computed on d_min frames only (eq. 7's case split; lucidrains also applies
   it to bootstrap rows). Bootstrap targets come from the online weights under `no_grad` (the
   paper mentions no EMA target network; both PyTorch reimplementations do the same).
@@ -69,7 +79,10 @@ from dreamer4.tokenizer import RunningRMS
 
 @dataclass(frozen=True)
 class ShortcutConfig:
-    bootstrap_fraction: float = 0.25  # rows with d > d_min (shortcut-models default; see above)
+    bootstrap_fraction: float = 0.25  # frames with d > d_min (shortcut-models default; see above)
+    inference_steps: int = 4  # K of the sampler at play and imagination time (paper: 4)
+    inference_share: float = 0.5  # of bootstrap frames, those with d = 1/inference_steps
+    sampler_rows: float = 0.25  # rows with the sampler's context before their last frame
     ramp_on_bootstrap: bool = True  # w(τ) on both terms (eq. 8 read as weighting the loss)
     context_noise: float = 0.1  # sampler: 10% noise on the context (the paper's τ_ctx, see above)
     tau_clamp: float = 1e-4  # lower bound on 1 − τ before dividing
@@ -78,6 +91,12 @@ class ShortcutConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.bootstrap_fraction <= 1.0:
             raise ValueError(f"bootstrap_fraction must be in [0, 1], got {self.bootstrap_fraction}")
+        for name in ("inference_share", "sampler_rows"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        steps = self.inference_steps
+        if steps < 1 or steps & (steps - 1):
+            raise ValueError(f"inference_steps must be a power of two, got {steps}")
         if not 0.0 <= self.context_noise <= 1.0:
             raise ValueError(f"context_noise must be in [0, 1], got {self.context_noise}")
         if self.tau_clamp <= 0:
@@ -118,31 +137,41 @@ def sample_tau_d(
     b: int,
     t: int,
     k_max: int,
-    bootstrap_fraction: float,
+    cfg: ShortcutConfig,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-frame (τ, d), each (B, T) float32 (diffusion forcing: every frame its own level).
 
-    Bootstrap rows (stochastic rounding of B · fraction, at random positions): per frame
-    d = 2^-j with j uniform in {0, …, log2 k_max − 1} (d_min excluded). Other rows: d = d_min.
-    τ is uniform on the multiples of d in [0, 1 − d].
+    Each frame is a bootstrap frame with probability `cfg.bootstrap_fraction`: d = 1/K for
+    K = `cfg.inference_steps` with probability `cfg.inference_share`, else 2^-j with j uniform
+    over the other exponents in {0, …, log2 k_max − 1} (d_min excluded). Other frames: d = d_min.
+    τ is uniform on the multiples of d in [0, 1 − d]. Then a `cfg.sampler_rows` share of rows
+    gets the sampler's context, (τ_ctx, d_min), on every frame but the last.
     """
     _check_k_max(k_max)
     g, at = generator, _device(generator)
     levels = k_max.bit_length() - 1  # log2 k_max
-    expected = b * bootstrap_fraction if levels > 0 else 0.0
-    whole = int(expected)
-    extra = int(torch.rand(1, generator=g, device=at).item() < expected - whole)
-    rows = torch.randperm(b, generator=g, device=at)[: whole + extra]
     exponent = torch.full((b, t), levels, dtype=torch.long, device=at)
-    if len(rows):
-        exponent[rows] = torch.randint(0, levels, (len(rows), t), generator=g, device=at)
+    if levels > 0:
+        boot = torch.rand(b, t, generator=g, device=at) < cfg.bootstrap_fraction
+        target = cfg.inference_steps.bit_length() - 1  # log2 K
+        weights = torch.ones(levels, device=at)
+        if target < levels:  # K < k_max: d = 1/K is a bootstrap step size
+            others = levels - 1
+            weights[:] = (1 - cfg.inference_share) / others if others else 0.0
+            weights[target] = cfg.inference_share if others else 1.0
+        drawn = torch.multinomial(weights, b * t, replacement=True, generator=g).view(b, t)
+        exponent = torch.where(boot, drawn, exponent)
     d = torch.exp2(-exponent.float())
     # τ index uniform in {0, …, 1/d − 1}: floor(u / d), u ~ U[0, 1)
     count = torch.exp2(exponent.float())
     index = torch.floor(torch.rand(b, t, generator=g, device=at) * count)
     tau = torch.minimum(index, count - 1) * d
+    if t > 1 and cfg.sampler_rows > 0:
+        rows = torch.rand(b, generator=g, device=at) < cfg.sampler_rows
+        tau[rows, :-1] = context_level(cfg.context_noise, k_max)
+        d[rows, :-1] = 1.0 / k_max
     return tau.to(device), d.to(device)
 
 
@@ -152,9 +181,9 @@ def ramp(tau: Tensor) -> Tensor:
 
 
 def loss_norms(decay: float = 0.99) -> nn.ModuleDict:
-    """Running-RMS normalisers for the two terms; keep them in the trained module so their
-    buffers are checkpointed, and pass them to `shortcut_loss(norms=...)`."""
-    return nn.ModuleDict({"flow": RunningRMS(decay), "bootstrap": RunningRMS(decay)})
+    """The running-RMS normaliser of the shortcut loss; keep it in the trained module so its
+    buffers are checkpointed, and pass it to `shortcut_loss(norms=...)`."""
+    return nn.ModuleDict({"flow": RunningRMS(decay)})
 
 
 def shortcut_loss(
@@ -185,7 +214,7 @@ def shortcut_loss(
     if (tau is None) != (d is None):
         raise ValueError("pass both tau and d, or neither")
     if tau is None or d is None:
-        tau, d = sample_tau_d(b, t, k_max, cfg.bootstrap_fraction, generator, z1.device)
+        tau, d = sample_tau_d(b, t, k_max, cfg, generator, z1.device)
     tau, d = tau.to(z1.device, torch.float32), d.to(z1.device, torch.float32)
     z0 = randn_like(z1, generator) if noise is None else noise.to(z1)
     tau_ = tau[..., None, None].to(z1.dtype)
@@ -219,10 +248,11 @@ def shortcut_loss(
     n_flow, n_boot = int(flow_mask.sum().item()), int(boot_mask.sum().item())
     if norms is None:
         loss = flow + bootstrap
-    else:  # a term absent from this batch is 0 and must not drag its running RMS to 0
-        loss = (norms["flow"](flow) if n_flow else flow) + (
-            norms["bootstrap"](bootstrap) if n_boot else bootstrap
-        )
+    else:  # one scale for both terms (see `shared_norm`); an absent term must not update it
+        norm = norms["flow"]
+        flow_n = norm(flow) if n_flow else flow
+        scale = norm.mean_square.clamp(min=1e-12).sqrt() if int(norm.count) else 1.0
+        loss = flow_n + bootstrap / scale
     return {
         "loss": loss,
         "flow": flow,

@@ -204,6 +204,19 @@ class Tokenizer(nn.Module):
             cache.crop(context)
         return torch.cat(out, 1)
 
+    @torch.no_grad()
+    def decode_stream(self, z: Tensor, context: int | None = None) -> Tensor:
+        """Patches of latents (B, T, N_b, D_b) decoded one frame at a time with a KV cache cut
+        to the `context` frames before (default: training length − 1), as at play time: a
+        decoder trained on `sequence` frames never sees a longer past."""
+        context = self.cfg.sequence - 1 if context is None else context
+        cache = KVCache.empty(self.decoder.cfg)
+        out = []
+        for t in range(z.shape[1]):
+            out.append(self.decode(z[:, t : t + 1], cache=cache))
+            cache.crop(context)
+        return torch.cat(out, 1)
+
 
 def to_images(x: Tensor) -> Tensor:
     """(..., H, W, 3) in [-1, 1] → (N, 3, H, W) for LPIPS."""

@@ -213,6 +213,10 @@ class Report:
                 dyn.get("rollout/psnr_copy_last"),
                 dyn.get("rollout/ssim_copy_last"),
             ),
+            "baseline: copy the last context frame, through the tokenizer": (
+                dyn.get("rollout/psnr_copy_last_decoded"),
+                dyn.get("rollout/ssim_copy_last_decoded"),
+            ),
         }
         table = pd.DataFrame(rows, index=["PSNR (dB)", "SSIM"]).T.astype(float)
         table.index.name = "held-out frames"

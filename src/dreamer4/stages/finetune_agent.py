@@ -40,6 +40,7 @@ from typing import Any
 
 from dreamer4.errors import StageError
 from dreamer4.files import content_hash
+from dreamer4.stages.train_dynamics import as_float32
 
 
 def task_vocabulary(data: Path) -> tuple[str, ...]:
@@ -127,9 +128,7 @@ class AgentJob:
             k_max = self.dynamics.k_max
             gen = torch.Generator().manual_seed(int(model.draws))  # alike on all ranks (ZeRO-3)
             model.draws += 1
-            tau, d = sample_tau_d(
-                len(uniform), z1.shape[1], k_max, self.shortcut.bootstrap_fraction, gen
-            )
+            tau, d = sample_tau_d(len(uniform), z1.shape[1], k_max, self.shortcut, gen)
             rows = {k: v[uniform] for k, v in batch.items() if k.startswith("action/")}
             drop = torch.rand(len(uniform), device=z1.device) < self.unlabelled
             sc = shortcut_loss(
@@ -145,31 +144,42 @@ class AgentJob:
             )
             total = total + sc["loss"]
             terms.update(flow=sc["flow"], bootstrap=sc["bootstrap"])
-        h = self._agent_features(model.agent, z1, batch, None)
-        agent = self._agent_terms(model.agent, h, batch)
+        task = self.task(batch)
+        h = self._agent_features(model.agent, z1, batch, task, None)
+        agent = self._agent_terms(model.agent, h, batch, task)
         for name in ("bc", "reward"):
             counted = int(agent[f"{name}_targets"]) > 0  # an absent term must not drag its RMS
             total = total + (model.norms[name](agent[name]) if counted else agent[name])
             terms[name] = agent[name]
         return {"loss": total, **terms, "bc_accuracy": agent["bc_accuracy"]}
 
-    def _agent_features(self, agent: Any, z1: Any, batch: dict[str, Any], gen: Any) -> Any:
-        """Agent outputs h (B, T, width) with the frames at the sampler's context level."""
+    @staticmethod
+    def task(batch: dict[str, Any]) -> Any:
+        """The one task convention of training, evaluation, imagination and play: the task the
+        episode pursued as each frame arrived (`agent.pursued_task` of the step index's `task`).
+        Agent tokens, reward targets and BC targets all take it from here."""
         from dreamer4.agent import pursued_task
+
+        return pursued_task(batch["task"])
+
+    def _agent_features(
+        self, agent: Any, z1: Any, batch: dict[str, Any], task: Any, gen: Any
+    ) -> Any:
+        """Agent outputs h (B, T, width) with the frames at the sampler's context level."""
         from dreamer4.dynamics import shift_actions
         from dreamer4.shortcut import as_context
 
         inputs = as_context(z1, self.shortcut.context_noise, self.dynamics.k_max, gen)
-        return agent(*inputs, shift_actions(batch), pursued_task(batch["task"]))[1]
+        return agent(*inputs, shift_actions(batch), task)[1]
 
     @staticmethod
-    def _agent_terms(agent: Any, h: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    def _agent_terms(agent: Any, h: Any, batch: dict[str, Any], task: Any) -> dict[str, Any]:
         from dreamer4.agent import agent_loss
 
         actions = {
             k.removeprefix("action/"): v for k, v in batch.items() if k.startswith("action/")
         }
-        return agent_loss(agent, h, actions, batch["events"], batch["task"], batch["relevant"])
+        return agent_loss(agent, h, actions, batch["events"], task, batch["relevant"])
 
     def tokens(self, batch: dict[str, Any]) -> int:
         b, t = batch["latents"].shape[:2]
@@ -196,22 +206,24 @@ class AgentJob:
                         raise
             items = [data[w] for w in windows]
             self._heldout = {
-                k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]
+                k: torch.stack([as_float32(torch.as_tensor(it[k])) for it in items])
+                for k in items[0]
             }
         return self._heldout
 
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
         import torch
 
-        from dreamer4.agent import pursued_task, task_rewards
+        from dreamer4.agent import task_rewards
 
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.heldout().items()}
         gen = torch.Generator(device=device).manual_seed(0)
-        h = self._agent_features(model.agent, batch["latents"].float(), batch, gen)
-        terms = self._agent_terms(model.agent, h, batch)
-        predicted = model.agent.twohot.decode(model.agent.reward(h, 1)[:, :, 0])
-        target, valid = task_rewards(batch["events"], pursued_task(batch["task"]), 1)
+        task = self.task(batch)
+        h = self._agent_features(model.agent, batch["latents"].float(), batch, task, gen)
+        terms = self._agent_terms(model.agent, h, batch, task)
+        predicted = model.agent.twohot.decode(model.agent.reward(h, 1)[:, :, 0]).float()
+        target, valid = task_rewards(batch["events"], task, 1)
         target, valid = target[:, :, 0], valid[:, :, 0]
         hit, miss = valid & (target > 0.5), valid & (target <= 0.5)
         return {
@@ -220,7 +232,21 @@ class AgentJob:
             "agent/reward_nll_heldout": float(terms["reward"]),
             "agent/reward_at_events": float(predicted[hit].mean()) if hit.any() else 0.0,
             "agent/reward_elsewhere": float(predicted[miss].mean()) if miss.any() else 0.0,
+            "agent/reward_auroc": auroc(predicted[hit], predicted[miss]),
         }
+
+
+def auroc(positive: Any, negative: Any) -> float:
+    """Area under the ROC curve of scores at positives against negatives: the probability that
+    a random positive outscores a random negative (ties count half), i.e. Mann-Whitney U over
+    the pair count. 0.5 = the reward head does not tell task events from other frames; NaN
+    when either side is empty."""
+    from scipy.stats import mannwhitneyu
+
+    pos, neg = positive.detach().cpu().double().numpy(), negative.detach().cpu().double().numpy()
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

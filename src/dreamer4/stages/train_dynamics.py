@@ -14,8 +14,13 @@ the first frame of a window gets none.
 At the end, with the EMA weights (what the sampler uses), held-out rollouts: `context` real
 frames, then `horizon` imagined ones given the real actions, decoded by the tokenizer and
 compared with the real frames — PSNR/SSIM per step at K=4 and K=k_max shortcut steps beside a
-copy-last-frame baseline and the tokenizer's own ceiling (the real latents decoded). DVC metrics
-`rollout/psnr_k4`, `rollout/psnr_k64`, `rollout/psnr_copy_last`, … (means over the horizon),
+copy-last-frame baseline and the tokenizer's own ceiling (the real latents decoded). Latents are
+decoded frame by frame with the tokenizer's KV cache, as at play time. Two honest baselines:
+`psnr_copy_last` (the last real frame in pixels) and `psnr_copy_last_decoded` (the last context
+latent repeated and decoded: what a world model that predicts "nothing changes" scores through
+this tokenizer, the bar a rollout must clear). `rollout/action_shuffle_ratio`: held-out loss
+with actions shuffled across the batch over the loss with the true ones (> 1: actions are used).
+DVC metrics `rollout/psnr_k4`, `rollout/psnr_k64`, `rollout/psnr_copy_last`, … (horizon means),
 `rollout.tsv` per step (DVC plot) and `rollout.gif` (real | K=4 | K=k_max), a DVC plot and
 Dagster metadata.
 """
@@ -95,9 +100,7 @@ class WorldModelJob:
         # forward gathers parameters collectively); noise and data still differ per rank.
         gen = torch.Generator().manual_seed(int(model.draws))
         model.draws += 1
-        tau, d = sample_tau_d(
-            *z1.shape[:2], self.model_cfg.k_max, self.shortcut.bootstrap_fraction, gen
-        )
+        tau, d = sample_tau_d(*z1.shape[:2], self.model_cfg.k_max, self.shortcut, gen)
         terms = shortcut_loss(
             model.dynamics,
             z1,
@@ -137,8 +140,8 @@ class WorldModelJob:
             )
             if not np.array_equal(frames.episode_ids, data.episode_ids):
                 raise StageError(f"{self.data} and {self.episodes} index different episodes")
-            batch = {
-                k: torch.stack([it[k] for it in items])
+            batch = {  # float16 latents as float32: under CPU autocast stack rejects float16
+                k: torch.stack([as_float32(it[k]) for it in items])
                 for k in items[0]
                 if k not in ("independent", "relevant")
             }
@@ -160,31 +163,63 @@ class WorldModelJob:
         batch = {k: v.to(device) for k, v in self.heldout().items()}
         c, h = self.rollout["context"], self.rollout["horizon"]
         actions = shift_actions(batch)
+        latents = batch["latents"].float()
         real = tok.unpatchify(tok.patchify(batch["frames"][:, c:]))
+
+        def decoded(z: Any) -> Any:  # frame by frame with the decoder's cache, as at play time
+            frames = tok.unpatchify(tok.decode_stream(torch.cat([latents[:, :c], z], 1)).float())
+            return frames[:, c:].clamp(-1, 1)
+
         rows: dict[str, Any] = {"step": torch.arange(1, h + 1)}
         shown = {}
         for k in sorted({4, self.model_cfg.k_max}):
             gen = torch.Generator(device=device).manual_seed(0)
             z = generate(
-                model.dynamics,
-                batch["latents"][:, :c].float(),
-                actions,
-                h,
-                steps=k,
-                cfg=self.shortcut,
+                model.dynamics, latents[:, :c], actions, h, steps=k, cfg=self.shortcut,
                 generator=gen,
-            )
-            imagined = tok.unpatchify(tok.decode(z).float()).clamp(-1, 1)
+            )  # fmt: skip
+            imagined = decoded(z)
             rows[f"psnr_k{k}"], rows[f"ssim_k{k}"] = psnr(imagined, real), ssim(imagined, real)
             shown[k] = imagined
-        ceiling = tok.unpatchify(tok.decode(batch["latents"][:, c:].float()).float()).clamp(-1, 1)
+        ceiling = decoded(latents[:, c:])
         rows["psnr_tokenizer"] = psnr(ceiling, real)  # decoded real latents: the upper bound
         last = tok.unpatchify(tok.patchify(batch["frames"][:, c - 1 : c])).expand_as(real)
         rows["psnr_copy_last"], rows["ssim_copy_last"] = psnr(last, real), ssim(last, real)
+        # the baseline a world model can beat: the last context latent repeated, decoded
+        held = decoded(latents[:, c - 1 : c].expand(-1, h, -1, -1))
+        rows["psnr_copy_last_decoded"] = psnr(held, real)
+        rows["ssim_copy_last_decoded"] = ssim(held, real)
         per_step = {k: (v if k == "step" else v.mean(0)).cpu() for k, v in rows.items()}
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self.write_rollouts(per_step, real, shown)
-        return {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
+        metrics = {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
+        metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
+        return metrics
+
+    def action_shuffle_ratio(self, model: Any, batch: dict[str, Any]) -> float:
+        """Held-out shortcut loss with the actions shuffled across the batch over the loss with
+        the true actions, same noise and (τ, d): > 1 means the model uses the actions."""
+        import torch
+
+        from dreamer4.dynamics import shift_actions
+        from dreamer4.shortcut import sample_tau_d, shortcut_loss
+
+        z1 = batch["latents"].float()
+        b, t = z1.shape[:2]
+        actions = shift_actions(batch)
+        order = torch.roll(torch.arange(b, device=z1.device), 1)  # a derangement for b > 1
+        shuffled = {k: v[order] for k, v in actions.items()}
+        losses = []
+        for acts in (actions, shuffled):
+            gen = torch.Generator().manual_seed(0)
+            tau, d = sample_tau_d(b, t, self.model_cfg.k_max, self.shortcut, gen)
+            noise = torch.randn(z1.shape, generator=gen).to(z1)
+            terms = shortcut_loss(
+                model.dynamics, z1, acts, self.shortcut, self.model_cfg.k_max,
+                noise=noise, tau=tau, d=d,
+            )  # fmt: skip
+            losses.append(float(terms["flow"]) + float(terms["bootstrap"]))
+        return losses[1] / max(losses[0], 1e-12)
 
     def write_rollouts(self, per_step: dict[str, Any], real: Any, shown: dict[int, Any]) -> None:
         import pandas as pd
@@ -198,6 +233,11 @@ class WorldModelJob:
             table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
         columns = [real, *(shown[k] for k in sorted(shown))]  # real | K=4 | K=k_max
         save_grid_gif(self.metrics / ROLLOUT_GIF, columns)
+
+
+def as_float32(x: Any) -> Any:
+    """Floating tensors as float32 (the stored latents are float16), others unchanged."""
+    return x.float() if x.is_floating_point() else x
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -44,6 +44,10 @@ class ImaginationConfig:
     lam: float = 0.95
     alpha: float = 0.5  # PMPO weight of the positive set
     beta: float = 0.3  # PMPO weight of KL(π ‖ π_prior)
+    # The value head starts at 0, far below its fixed point (docs/agent.md, "Phase 3"):
+    value_warmup: int = 50  # first optimizer steps train the value only, the policy frozen
+    value_lr: float = 3e-3  # the value head's own peak learning rate (policy: train.lr)
+    center_advantages: bool = True  # A − mean(A) over the batch before PMPO takes its sign
 
     @property
     def window(self) -> int | None:
@@ -70,8 +74,14 @@ def prompt_tasks(task: Any, known: list[int], generator: Any = None) -> Any:
     return torch.where(task >= 0, task, pool[pick])
 
 
-def policy_terms(model: Any, rollout: Any, cfg: ImaginationConfig) -> dict[str, Any]:
-    """Value (eq. 10) and PMPO (eq. 11) losses on one batch of rollouts of `model`."""
+def policy_terms(
+    model: Any, rollout: Any, cfg: ImaginationConfig, train_policy: bool = True
+) -> dict[str, Any]:
+    """Value (eq. 10) and PMPO (eq. 11) losses on one batch of rollouts of `model`.
+
+    train_policy False (the value warm-up): "loss" is the value loss alone, the PMPO terms are
+    still reported. With `cfg.center_advantages` the sign PMPO uses is that of A − mean(A);
+    "positive_fraction" is always that of the raw A = R^λ − v (the value head's bias shows)."""
     from dreamer4.pmpo import lambda_returns, pmpo_loss
 
     agent = model.agent
@@ -84,13 +94,16 @@ def policy_terms(model: Any, rollout: Any, cfg: ImaginationConfig) -> dict[str, 
     prior = model.prior(states, 1)[:, :, 0]
     log_prob, _ = agent.space.log_prob(logits, rollout.actions)
     kl = agent.space.kl(logits, prior)
-    pmpo = pmpo_loss(log_prob, returns - values[:, :-1], kl, cfg.alpha, cfg.beta)
+    advantage = returns - values[:, :-1]
+    signed = advantage - advantage.mean() if cfg.center_advantages else advantage
+    pmpo = pmpo_loss(log_prob, signed, kl, cfg.alpha, cfg.beta)
     return {
-        "loss": pmpo["loss"] + value_loss,
+        # × 0 keeps the policy in the graph: zero gradients, not missing ones (ZeRO reduces all)
+        "loss": pmpo["loss"] * float(train_policy) + value_loss,
         "policy": pmpo["loss"],
         "value": value_loss,
         "kl": pmpo["kl"],
-        "positive_fraction": pmpo["positive_fraction"],
+        "positive_fraction": (advantage >= 0).float().mean(),
         "entropy": agent.space.entropy(logits).mean(),
         "return": rollout.rewards.sum(1).mean(),
         "values": values.mean(),
@@ -103,7 +116,12 @@ class PolicyJob:
     stage = "train_policy"
 
     def __init__(
-        self, agent_dir: Path, imagination: ImaginationConfig, spec: Any, tasks: list[int]
+        self,
+        agent_dir: Path,
+        imagination: ImaginationConfig,
+        spec: Any,
+        tasks: list[int],
+        grad_accum: int = 1,
     ) -> None:
         from dreamer4.dynamics import DynamicsConfig
         from dreamer4.shortcut import ShortcutConfig
@@ -114,6 +132,7 @@ class PolicyJob:
             spec,
             tasks,
         )
+        self.grad_accum = grad_accum
         self._agent_config: dict[str, Any] = json.loads((agent_dir / "config.json").read_text())
         model = self._agent_config["model"]
         self.shortcut = ShortcutConfig(**model["shortcut"])
@@ -136,10 +155,25 @@ class PolicyJob:
         }
 
     def build_model(self) -> Any:
+        import torch
+
         from dreamer4.agent import load_agent, policy_module
 
         agent, _ = load_agent(self.agent_dir)
-        return policy_module(agent)
+        model = policy_module(agent)
+        # micro-batches seen (checkpointed with the weights): says when the warm-up ends
+        model.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
+        return model
+
+    def param_groups(self, model: Any, cfg: Any) -> list[dict[str, Any]]:
+        """The value head at `value_lr`; the policy head at the stage's lr and without weight
+        decay (it starts from the cloned policy, which the KL term, not decay, keeps it near;
+        and zero gradients during the warm-up then leave it exactly where it is)."""
+        from dreamer4.train.engine import decay_groups
+
+        policy = [p for p in model.agent.policy.parameters() if p.requires_grad]
+        value = decay_groups(model.value, cfg.weight_decay, lr=self.imagination.value_lr)
+        return [*value, {"params": policy, "weight_decay": 0.0}]
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         from dreamer4.dynamics import shift_actions
@@ -157,7 +191,9 @@ class PolicyJob:
             self.shortcut,
             context_window=cfg.window,
         )
-        terms = policy_terms(model, rollout, cfg)
+        step = int(model.micro_steps) // self.grad_accum
+        model.micro_steps += 1
+        terms = policy_terms(model, rollout, cfg, train_policy=step >= cfg.value_warmup)
         return {k: v for k, v in terms.items() if k not in ("returns", "values_all")}
 
     def tokens(self, batch: dict[str, Any]) -> int:
@@ -197,5 +233,6 @@ def run(args: argparse.Namespace) -> int:
     job_paths = settings.job_paths(
         args, data, PolicyJob.stage, paths.get("policy", "models/policy")
     )
-    job = PolicyJob(agent_dir, cfg, spec, known_tasks(data, tasks))
-    return train_stage(args, job, settings.config(args), job_paths)
+    train = settings.config(args)
+    job = PolicyJob(agent_dir, cfg, spec, known_tasks(data, tasks), train.grad_accum)
+    return train_stage(args, job, train, job_paths)

@@ -70,6 +70,9 @@ class Job(Protocol):
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Model tokens in one micro-batch (for tokens/s)."""
 
+    # Optional: `param_groups(model, cfg) -> [torch param groups]` for a job whose parts learn
+    # at their own rates (a group's `lr` is its peak; the schedule scales every group alike);
+    # default `decay_groups` (weight decay on matrices only).
     # Optional: `evaluate(model, final) -> {metric name: value}`, called on every rank (ZeRO-3
     # needs them all) every `eval_every` steps and at the end, in eval mode without gradients,
     # with the EMA weights if the job sets `evaluate_with_ema = True`.
@@ -269,7 +272,11 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.precision)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=_param_groups(model, cfg.weight_decay),
+            model_parameters=(
+                job.param_groups(model, cfg)
+                if hasattr(job, "param_groups")
+                else decay_groups(model, cfg.weight_decay)
+            ),
             config=self.ds_config,
         )
         self.zero3 = cfg.zero_stage == 3
@@ -577,11 +584,15 @@ class _Window:
         self.tokens += tokens
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: norms, biases and embedding tables keep their scale."""
+def decay_groups(model: nn.Module, weight_decay: float, **extra: Any) -> list[dict[str, Any]]:
+    """Decay matrices only: norms, biases and embedding tables keep their scale. `extra` (e.g.
+    `lr`) goes into both groups."""
     decay, keep = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "embed" not in name else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, **extra},
+        {"params": keep, "weight_decay": 0.0, **extra},
+    ]
