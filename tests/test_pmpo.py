@@ -142,7 +142,6 @@ def _phase3(cfg: ImaginationConfig, steps: int) -> tuple[float, float, list[floa
     from dreamer4.stages.train_policy import PolicyJob
 
     module = policy_module(small_agent())
-    module.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
     job = PolicyJob.__new__(PolicyJob)  # only the parameter groups: no agent folder needed
     job.imagination = cfg
     groups = job.param_groups(module, type("Train", (), {"weight_decay": 0.01})())

@@ -356,7 +356,8 @@ def agent_loss(
 
 def policy_module(agent: Agent) -> nn.Module:
     """The phase-3 module: `agent` frozen except its policy head, `prior` a frozen copy of that
-    policy head (the behavioural prior), and a new zero-initialised value head `value`."""
+    policy head (the behavioural prior), a new zero-initialised value head `value`, and the
+    `micro_steps` counter of `train_policy`'s value warm-up."""
     import copy
 
     module = nn.Module()
@@ -366,6 +367,8 @@ def policy_module(agent: Agent) -> nn.Module:
     module.prior = copy.deepcopy(agent.policy).requires_grad_(False)
     width = agent.dynamics.cfg.width
     module.value = MTPHead(width, agent.cfg.hidden or 2 * width, agent.cfg.bins, 1, zero_init=True)
+    # micro-batches trained (saved with the weights): when the value warm-up ends on resume
+    module.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
     return module
 
 

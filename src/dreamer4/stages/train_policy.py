@@ -155,15 +155,10 @@ class PolicyJob:
         }
 
     def build_model(self) -> Any:
-        import torch
-
         from dreamer4.agent import load_agent, policy_module
 
         agent, _ = load_agent(self.agent_dir)
-        model = policy_module(agent)
-        # micro-batches seen (checkpointed with the weights): says when the warm-up ends
-        model.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
-        return model
+        return policy_module(agent)
 
     def param_groups(self, model: Any, cfg: Any) -> list[dict[str, Any]]:
         """The value head at `value_lr`; the policy head at the stage's lr and without weight
