@@ -189,7 +189,8 @@ class WorldModelJob:
         held = decoded(latents[:, c - 1 : c].expand(-1, h, -1, -1))
         rows["psnr_copy_last_decoded"] = psnr(held, real)
         rows["ssim_copy_last_decoded"] = ssim(held, real)
-        per_step = {k: (v if k == "step" else v.mean(0)).cpu() for k, v in rows.items()}
+        # float32: under autocast SSIM's convolutions come out bf16, which numpy cannot hold
+        per_step = {k: (v if k == "step" else v.mean(0).float()).cpu() for k, v in rows.items()}
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self.write_rollouts(per_step, real, shown)
         metrics = {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}

@@ -5,6 +5,8 @@ other params or data never resumes from a foreign checkpoint):
 
     step-00000100/          DeepSpeed model + ZeRO optimizer/scheduler shards of every rank,
       rng-rank<r>.safetensors   each rank's torch / CUDA / numpy / python RNG states
+      buffers-rank<r>.safetensors each rank's own persistent buffers (running loss normalisers,
+                                counters: DeepSpeed's model file holds rank 0's only)
       ema[-rank<r>].safetensors EMA weights (per shard under ZeRO-3)
       state.json            step, samples, data position, EMA updates
     latest                  name of the newest complete checkpoint (DeepSpeed's own convention)
@@ -87,6 +89,47 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's buffers that are part of its state (running statistics, counters): each
+    rank's own, since ranks update them from their own batches."""
+    out = {}
+    for name, buffer in module.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        if leaf not in module.get_submodule(owner)._non_persistent_buffers_set:
+            out[name] = buffer
+    return out
+
+
+def copy_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of `persistent_buffers` (to undo a forward pass that updated them)."""
+    return {k: v.detach().clone() for k, v in persistent_buffers(module).items()}
+
+
+@torch.no_grad()
+def load_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Copy `saved` (from `persistent_buffers`) into the module's buffers, in place."""
+    own = persistent_buffers(module)
+    if set(saved) != set(own):
+        raise ValueError(
+            "checkpointed buffers do not match the model: saved only "
+            f"{sorted(set(saved) - set(own))}, model only {sorted(set(own) - set(saved))}"
+        )
+    for name, value in saved.items():
+        own[name].copy_(value)
+
+
+def seed_micro_step(seed: int, rank: int, index: int) -> None:
+    """Seed the global torch (CPU and CUDA), numpy and python RNGs for micro-step `index` of
+    `rank`: the random draws of a micro-step (masks, noise, dropout) are then a function of
+    (seed, rank, index), like its batch, whatever drew from the global RNG before it (a module
+    a job builds on first use, an evaluation, a resume). That is what makes a resumed job
+    retrace an uninterrupted one bit for bit."""
+    words = np.random.SeedSequence([seed, rank, index]).generate_state(4, np.uint32)
+    torch.manual_seed((int(words[0]) << 31) ^ int(words[1]))  # 63 bits
+    np.random.seed(words)
+    random.seed(int(words[2]) << 32 | int(words[3]))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -88,17 +88,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """`auto`: bf16 on CUDA, bf16-autocast on a CPU with bf16 units (avx512_bf16/amx), else fp32."""
+def resolve_precision(precision: str, cuda: bool, cpuinfo: str | None = None) -> str:
+    """`auto`: bf16 on CUDA, bf16-autocast on a CPU with bf16 units (avx512_bf16/amx), else fp32.
+    `cpuinfo`: the text of /proc/cpuinfo (read from there when None)."""
     if precision != "auto":
         return precision
     if cuda:
         return "bf16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16-autocast" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "fp32"
+    return "bf16-autocast" if ("avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo) else "fp32"
 
 
 def deepspeed_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:

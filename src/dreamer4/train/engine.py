@@ -296,6 +296,11 @@ class Trainer:
         self.engine.load_checkpoint(str(folder), tag=tag)
         state = ckpt.read_state(folder / tag)
         self.step, self.position = state["step"], state["data_position"]
+        # DeepSpeed keeps one copy of the buffers (rank 0's, or shard 0's): put back this
+        # rank's own (running loss normalisers, counters), which can differ from rank 0's.
+        buffers = folder / tag / f"buffers-rank{self.rank}.safetensors"
+        if buffers.is_file():
+            ckpt.load_buffers(self.engine.module, ckpt.load_file(buffers))
         rng = folder / tag / f"rng-rank{self.rank}.safetensors"
         if rng.is_file():
             ckpt.set_rng_state(ckpt.load_file(rng))
@@ -315,6 +320,8 @@ class Trainer:
         partial = folder / f"{tag}.partial"
         self.engine.save_checkpoint(str(folder), tag=partial.name, save_latest=False)
         ckpt.save_tensors(partial / f"rng-rank{self.rank}.safetensors", ckpt.rng_state())
+        if buffers := ckpt.persistent_buffers(self.engine.module):
+            ckpt.save_tensors(partial / f"buffers-rank{self.rank}.safetensors", buffers)
         if self.zero3:
             ckpt.save_tensors(partial / f"ema-rank{self.rank}.safetensors", self.ema.local_state())
         elif self.rank == 0:
@@ -380,6 +387,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = self._to_device(next(self.loader_iter))
                 window.data_wait += time.perf_counter() - t0
+                ckpt.seed_micro_step(cfg.seed, self.rank, self.position)
+                if micro == 0:  # a stop saves the state before this step: keep its buffers
+                    before = ckpt.copy_buffers(self.engine.module)
                 with self._autocast():
                     terms = job.loss(self.engine.module, batch)
                 loss = terms["loss"]
@@ -391,6 +401,7 @@ class Trainer:
                 if flags[1] > 0:
                     raise NonFiniteLoss(self._nonfinite_message(terms))
                 if flags[0] > 0 and micro == 0:
+                    ckpt.load_buffers(self.engine.module, before)  # undo this loss's updates
                     self.save()
                     bar.close()
                     if self.rank == 0:
@@ -497,7 +508,12 @@ class Trainer:
         weights = self._full_weights()
         ema = self.ema.full_state()
         if self.rank == 0:
-            buffers = {k: v for k, v in weights.items() if k not in ema}
+            # buffers and frozen parameters (bf16 under DeepSpeed bf16): fp32, as model.safetensors
+            buffers = {
+                k: v.float() if v.is_floating_point() else v
+                for k, v in weights.items()
+                if k not in ema
+            }
             config = {
                 "stage": self.job.stage,
                 "model": self.job.config(),
@@ -516,6 +532,16 @@ class Trainer:
 
     def _full_weights(self) -> dict[str, torch.Tensor]:
         module = self.engine.module
+        if self.precision == "bf16" and self.cfg.zero_stage == 0:
+            # DeepSpeed's BF16_Optimizer, whose checkpoint zero_to_fp32 cannot read (no
+            # param_shapes): the fp32 master of each trained parameter, frozen ones as they are
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, p in module.named_parameters():
+                if (master := safe_get_full_fp32_param(p)) is not None:
+                    state[name] = master.detach().clone()
+            return state
         if self.precision == "bf16":  # the fp32 master copy lives in the optimizer shards
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
