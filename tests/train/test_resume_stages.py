@@ -7,7 +7,7 @@ a run that was never interrupted (issue 15 item 5: running-RMS loss normalisers 
 came back as rank 0's, and a module built on first use shifted the global RNG).
 
 A shrunk `tiny` profile (width 16, depth 2, 9 steps, a checkpoint every 3): the stage runs
-dominate, about 15 s each on 2 cores.
+dominate, about 15 s each on 2 cores. The checkpoint helpers behind it are tested first.
 """
 
 from __future__ import annotations
@@ -20,14 +20,49 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dreamer4.train import checkpoint as ckpt
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 STEPS, EVERY = 9, 3
+
+
+def test_each_rank_checkpoints_its_own_persistent_buffers(tmp_path: Path) -> None:
+    from dreamer4.tokenizer import RunningRMS
+
+    module = torch.nn.Module()
+    module.norm = RunningRMS(0.9)
+    module.register_buffer("draws", torch.zeros((), dtype=torch.long))
+    module.register_buffer("mask", torch.ones(3), persistent=False)  # rebuilt, not state
+    assert set(ckpt.persistent_buffers(module)) == {"norm.mean_square", "norm.count", "draws"}
+    module.norm(torch.tensor(2.0))
+    module.draws += 5
+    before = ckpt.copy_buffers(module)
+    ckpt.save_tensors(tmp_path / "b.safetensors", ckpt.persistent_buffers(module))
+    module.norm(torch.tensor(7.0))  # a forward pass after the save (or one a stop discards)
+    module.draws += 1
+    ckpt.load_buffers(module, ckpt.load_file(tmp_path / "b.safetensors"))
+    for name, value in ckpt.persistent_buffers(module).items():
+        assert value.equal(before[name]) and value.dtype == before[name].dtype, name
+    with pytest.raises(ValueError, match="draws"):
+        ckpt.load_buffers(module, {k: v for k, v in before.items() if k != "draws"})
+
+
+def test_micro_step_draws_ignore_what_drew_from_the_global_rng_before() -> None:
+    import random
+
+    import numpy as np
+
+    def draws(rank: int, index: int, consumed: int) -> tuple:
+        torch.rand(consumed)  # e.g. a module built on first use: its initialisation draws
+        np.random.rand(consumed)
+        ckpt.seed_micro_step(0, rank, index)
+        return torch.rand(4).tolist(), np.random.rand(2).tolist(), random.random()
+
+    assert draws(1, 5, 0) == draws(1, 5, 1000)
+    assert draws(1, 5, 0) != draws(0, 5, 0) and draws(1, 5, 0) != draws(1, 6, 0)
 
 
 def params_file(root: Path) -> Path:
@@ -167,6 +202,7 @@ def tokenizer(params: Path, episode_dataset: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_train_tokenizer_resumes_bit_identical_after_sigkill(
     params: Path, tokenizer: Path, episode_dataset: Path
 ) -> None:
@@ -176,6 +212,7 @@ def test_train_tokenizer_resumes_bit_identical_after_sigkill(
     assert_identical(run, tokenizer, "train_tokenizer")
 
 
+@pytest.mark.slow
 def test_train_dynamics_resumes_bit_identical_after_sigkill(
     params: Path, tokenizer: Path, episode_dataset: Path
 ) -> None:
