@@ -181,53 +181,30 @@ def test_auto_precision_follows_the_machine() -> None:
     assert resolve_precision("auto", cuda=False) in ("bf16-autocast", "fp32")  # this machine
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_train_tokenizer(upstream: Upstream, precision: str, tmp_path: Path) -> None:
-    code = upstream.run("train-tokenizer", precision, tmp_path, "--data", str(upstream.episodes))
-    assert code == 0
-    check_output(tmp_path, precision)
+# stage → (command, its upstream inputs as options)
+STAGES = {
+    "train_tokenizer": ("train-tokenizer", lambda u: ["--data", u.episodes]),
+    "train_dynamics": (
+        "train-dynamics",
+        lambda u: ["--data", u.latents, "--tokenizer", u.tokenizer, "--episodes", u.episodes],
+    ),
+    "finetune_agent": (
+        "finetune-agent",
+        lambda u: ["--data", u.latents, "--world-model", u.world_model],
+    ),
+    "bc_baseline": ("finetune-agent", lambda u: ["--scratch", "--data", u.latents]),
+    "train_policy": ("train-policy", lambda u: ["--data", u.latents, "--agent", u.agent]),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_train_dynamics(upstream: Upstream, precision: str, tmp_path: Path) -> None:
-    code = upstream.run(
-        "train-dynamics", precision, tmp_path, "--data", str(upstream.latents),
-        "--tokenizer", str(upstream.tokenizer), "--episodes", str(upstream.episodes),
-    )  # fmt: skip
-    assert code == 0
-    check_output(tmp_path, precision)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_finetune_agent(upstream: Upstream, precision: str, tmp_path: Path) -> None:
-    code = upstream.run(
-        "finetune-agent", precision, tmp_path, "--data", str(upstream.latents),
-        "--world-model", str(upstream.world_model),
-    )  # fmt: skip
-    assert code == 0
-    check_output(tmp_path, precision)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_bc_baseline(upstream: Upstream, precision: str, tmp_path: Path) -> None:
-    code = upstream.run(
-        "finetune-agent", precision, tmp_path, "--scratch", "--data", str(upstream.latents)
-    )
-    assert code == 0
-    check_output(tmp_path, precision)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_train_policy(upstream: Upstream, precision: str, tmp_path: Path) -> None:
-    code = upstream.run(
-        "train-policy", precision, tmp_path, "--data", str(upstream.latents),
-        "--agent", str(upstream.agent),
-    )  # fmt: skip
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_trains_under_precision(
+    upstream: Upstream, stage: str, precision: str, tmp_path: Path
+) -> None:
+    command, inputs = STAGES[stage]
+    code = upstream.run(command, precision, tmp_path, *map(str, inputs(upstream)))
     assert code == 0
     check_output(tmp_path, precision)
 
