@@ -15,6 +15,36 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+# Tests that use these are slow whatever they do: the trained pipeline, a browser.
+SLOW_FIXTURES = ("trained_repo", "chromium")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that uses a `SLOW_FIXTURES` fixture, so `-m "not slow"` stays a
+    quick loop however a new test reaches them (directly or through another fixture)."""
+    for item in items:
+        if set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: tiny models on a shared 2-core machine run many
+    times faster than on two (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def stage_lines(output: str) -> list[str]:
+    """The lines our code printed, without DeepSpeed's notices about JIT-building its ops (it
+    prints them first, whenever a process finds the op missing from the extension cache)."""
+    return [line for line in output.splitlines() if not line.startswith("DeepSpeed ")]
+
+
 def write_npz_episode(directory: Path, seed: int, length: int, skill: float = 0.0) -> list[int]:
     """One episode recorded by Crafter's own `crafter.Recorder`; returns the actions taken."""
     import crafter
@@ -136,20 +166,67 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     return root
 
 
+# What a trained repository is made from: a change to any of these trains a new one.
+TRAINED_FROM = ("src", "infra", "inbox", "dvc.yaml", ".dvcignore", "params.yaml", "pyproject.toml",
+                "constraints.txt", "tests/conftest.py")  # fmt: skip
+
+
+def trained_inputs_digest() -> str:
+    """sha256 over the path and bytes of every file a trained repository is made from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in TRAINED_FROM:
+        top = REPO / name
+        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for path in files:
+            if "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(REPO)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
 @pytest.fixture(scope="session")
-def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def trained_repo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """A `make_dvc_repo` after one `dvc repro` of every stage, and that run's output.
 
     One per session: training the whole pipeline is the suite's most expensive step. Tests that
-    change the repository leave it reproduced (`dvc status` clean), except the last user
-    (tests/test_pipeline_dvc.py, which switches profile).
+    change the repository leave it reproduced (`dvc status` clean), so they pass in any order and
+    alone; a test that needs another state (a profile switch) works on a copy.
+
+    Outside CI the trained repository is also kept in pytest's cache under the digest of
+    everything it is made from (`TRAINED_FROM`), so running one test alone after a full run
+    copies it instead of training again; any change to code, params or pins trains anew.
+    `pytest -p no:cacheprovider` or `--cache-clear` always trains.
     """
+    import shutil
     import subprocess
 
-    root = make_dvc_repo(tmp_path_factory.mktemp("trained") / "repo")
+    root = tmp_path_factory.mktemp("trained") / "repo"
+    cache = getattr(request.config, "cache", None)
+    kept = None
+    if cache is not None and not os.environ.get("CI"):
+        kept = cache.mkdir("trained_repo") / trained_inputs_digest()
+        if (kept / "output.txt").is_file():
+            shutil.copytree(kept / "repo", root, symlinks=True)
+            return root, (kept / "output.txt").read_text()
+    make_dvc_repo(root)
+    if kept is not None and trained_inputs_digest() != kept.name:
+        kept = None  # the sources changed while they were copied: not the digest's repository
     proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    if kept is not None:  # written aside, then renamed; only the newest digest is kept
+        aside = kept.with_name(f"{kept.name}.partial")
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.copytree(root, aside / "repo", symlinks=True)
+        (aside / "output.txt").write_text(output)
+        for old in kept.parent.iterdir():
+            if old != aside:
+                shutil.rmtree(old, ignore_errors=True)
+        aside.rename(kept)
+    return root, output
 
 
 def make_episode_dataset(

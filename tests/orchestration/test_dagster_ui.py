@@ -7,11 +7,11 @@ test starts it stops (the webserver's process group), also when an assertion fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,12 +29,6 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -56,22 +50,23 @@ def webserver(trained_repo: tuple[Path, str], tmp_path: Path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
-    port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "DREAMER4_REPO": str(repo)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     log = open(tmp_path / "webserver.log", "w")  # noqa: SIM115 (closed below)
+    port_file = tmp_path / "webserver.port"  # written by the server: it binds port 0
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p",
-         str(port), "-m", "orchestration.definitions", "-d", str(REPO)],
+        [sys.executable, "-m", "tests.orchestration.webserver", str(port_file),
+         "orchestration.definitions", str(REPO)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # a shared 2-core machine loads the code slowly
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                port = int(port_file.read_text())
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=10):
                     break
-            except OSError:
+            except (OSError, ValueError):
                 if server.poll() is not None or time.monotonic() > deadline:
                     log.flush()
                     pytest.fail((tmp_path / "webserver.log").read_text()[-3000:])
@@ -82,8 +77,10 @@ def webserver(trained_repo: tuple[Path, str], tmp_path: Path):
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # and its code server, if still there
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        server.wait(timeout=30)
         log.close()
 
 

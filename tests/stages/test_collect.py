@@ -19,6 +19,7 @@ def files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(tmp_path: Path):
     kw = dict(
         episodes=3, seed=11, max_steps=150, size=64, skills=[0.0, 0.7, 1.0], weights=[1, 1, 1]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,8 +20,10 @@ import yaml
 from safetensors.torch import load_file
 
 from dreamer4.train import checkpoint as ckpt
-from dreamer4.train.launch import free_port
 from dreamer4.train.reference import ReferenceConfig, ReferenceModel
+from tests.conftest import stage_lines
+
+pytestmark = pytest.mark.slow  # every test here runs a real multi-rank training job
 
 ENGINE = {
     "launcher": "torchrun",
@@ -79,11 +82,16 @@ def rank_losses(root: Path, rank: int) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
-def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+def wait_for(
+    predicate, timeout: float, proc: subprocess.Popen, output: list[str] | None = None
+) -> None:
+    """Poll `predicate` until it holds; `output`: the job's lines read so far by a thread (else
+    its stdout is read here when it ends early)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"job ended early ({proc.returncode}): {proc.stdout.read()}")
+            seen = "".join(output) if output is not None else proc.stdout.read()
+            raise AssertionError(f"job ended early ({proc.returncode}): {seen}")
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the job")
         time.sleep(0.2)
@@ -138,7 +146,7 @@ def test_zero3_saves_and_resumes_to_the_same_weights(tmp_path: Path, episode_dat
     ckpt.atomic_write_text(folder / "latest", "step-00000010")
     resumed = run(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.splitlines()[0] == "resumed from step 10"
+    assert stage_lines(resumed.stdout)[0] == "resumed from step 10"
     again = load_file(straight / "out" / ckpt.WEIGHTS)
     for name, tensor in first.items():
         assert torch.allclose(tensor, again[name], atol=1e-6), name
@@ -167,7 +175,7 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(
 
     resumed = run(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.splitlines()[0] == f"resumed from step {killed_at}"
+    assert stage_lines(resumed.stdout)[0] == f"resumed from step {killed_at}"
     assert not list(folder.glob("*.partial"))  # a torn save was cleared, never loaded
     tags = sorted(p.name for p in folder.glob("step-*"))
     assert tags == ["step-00000380", "step-00000400"]  # keep_checkpoints = 2
@@ -190,26 +198,31 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(
 def test_metrics_scraped_during_run_and_sigterm_saves_a_checkpoint(
     tmp_path: Path, episode_dataset: Path
 ) -> None:
-    port = free_port()
+    # port 0: the exporter binds any free port and the job prints the URL it serves
     proc = start(
-        job_args(
-            tmp_path, episode_dataset, steps=100000, metrics_port=port, checkpoint_every=100000
-        )
+        job_args(tmp_path, episode_dataset, steps=100000, metrics_port=0, checkpoint_every=100000)
     )
-    url = f"http://127.0.0.1:{port}/metrics"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     seen: dict[str, str] = {}
 
     def scraped_loss() -> bool:
+        url = next((line.split()[-1] for line in lines if line.startswith("metrics at ")), None)
+        if url is None:
+            return False
+        seen["url"] = url
         try:
-            body = urllib.request.urlopen(url, timeout=2).read().decode()
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
         except OSError:
             return False
         seen["body"] = body
         return 'dreamer4_train_loss{stage="train_reference",term="loss"}' in body
 
     try:
-        wait_for(scraped_loss, timeout=240, proc=proc)
-        body = seen["body"]
+        wait_for(scraped_loss, timeout=240, proc=proc, output=lines)
+        body, url = seen["body"], seen["url"]
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0/")
         for series in (
             'term="masked"',
             "dreamer4_train_grad_norm",
@@ -226,16 +239,19 @@ def test_metrics_scraped_during_run_and_sigterm_saves_a_checkpoint(
         )
         assert step >= 5
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=180)
+        reader.join(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    out = "".join(lines)
     assert proc.returncode != 0
     assert "stopped by signal at step" in out
     stopped = int(out.split("stopped by signal at step ")[1].split(";")[0])
     assert ckpt.latest_step(job_folder(tmp_path)) == stopped >= step
     with pytest.raises(OSError):  # the exporter went away with the job
-        urllib.request.urlopen(url, timeout=2)
+        urllib.request.urlopen(url, timeout=10)
 
 
 NAN_JOB = """
@@ -319,10 +335,7 @@ def test_a_crashing_rank_ends_the_job_without_hanging(
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
+        "--standalone",  # rendezvous on localhost, a port the agent binds (0) and shares
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     done = subprocess.run(

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from dreamer4.train import checkpoint as ckpt
-from tests.conftest import REPO
+from tests.conftest import REPO, stage_lines
 
 STEPS, EVERY = 9, 3
 
@@ -168,7 +168,7 @@ def killed_then_resumed(cmd: list[str], run: Path, stage: str) -> None:
     assert not (run / "model" / ckpt.WEIGHTS).exists(), "the job finished before it was killed"
 
     resumed = run_stage(cmd, run.parent)
-    assert resumed.stdout.splitlines()[0] == f"resumed from step {killed_at}", resumed.stdout
+    assert stage_lines(resumed.stdout)[0] == f"resumed from step {killed_at}", resumed.stdout
 
 
 def assert_identical(run: Path, reference: Path, stage: str) -> None:
