@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from dreamer4.episodes.actions import bins_to_camera, camera_class, camera_to_bins
+from dreamer4.episodes.actions import (
+    VPT_BUTTONS,
+    VPT_KEYS,
+    VPT_MOUSE_BUTTONS,
+    bins_to_camera,
+    camera_class,
+    camera_to_bins,
+)
 from dreamer4.episodes.vpt import NULL_CAMERA_CLASS, task_counts, vpt_actions, vpt_line
 
 
@@ -47,23 +54,84 @@ def test_glitch_camera_over_180_degrees_is_zeroed():
     assert actions["camera"].tolist() == [NULL_CAMERA_CLASS]
 
 
-def test_keys_and_mouse_buttons_map_to_buttons():
+# The recorder's names → the env's buttons, written out from VPT's `run_inverse_dynamics_model.py`
+# (shared/reference/crafter-and-vpt.md §3.1), not derived from the table under test: a swap of
+# two entries (a/d, q/e, mouse 1/2) must fail here.
+RECORDER_KEYS: dict[str, str] = {
+    "key.keyboard.w": "forward",
+    "key.keyboard.s": "back",
+    "key.keyboard.a": "left",
+    "key.keyboard.d": "right",
+    "key.keyboard.space": "jump",
+    "key.keyboard.left.shift": "sneak",
+    "key.keyboard.left.control": "sprint",
+    "key.keyboard.q": "drop",
+    "key.keyboard.e": "inventory",
+    "key.keyboard.f": "swapHands",
+    "key.keyboard.escape": "ESC",
+    "key.keyboard.1": "hotbar.1",
+    "key.keyboard.2": "hotbar.2",
+    "key.keyboard.3": "hotbar.3",
+    "key.keyboard.4": "hotbar.4",
+    "key.keyboard.5": "hotbar.5",
+    "key.keyboard.6": "hotbar.6",
+    "key.keyboard.7": "hotbar.7",
+    "key.keyboard.8": "hotbar.8",
+    "key.keyboard.9": "hotbar.9",
+}
+RECORDER_MOUSE: dict[int, str] = {0: "attack", 1: "use", 2: "pickItem"}
+# in the env's action space but not among the 20 modelled buttons (§3.2)
+UNMODELLED = {"swapHands", "ESC", "pickItem"}
+
+
+def _pressed(actions: dict[str, np.ndarray], t: int = 0) -> set[str]:
+    return {k for k, v in actions.items() if k != "camera" and v[t]}
+
+
+def test_key_and_mouse_tables_are_vpts():
+    """The whole table at once, so a new or dropped key fails too."""
+    assert VPT_KEYS == RECORDER_KEYS
+    assert VPT_MOUSE_BUTTONS == RECORDER_MOUSE
+    assert set(RECORDER_KEYS.values()) - UNMODELLED <= set(VPT_BUTTONS)
+
+
+@pytest.mark.parametrize(("key", "button"), sorted(RECORDER_KEYS.items()))
+def test_each_key_presses_its_button(key: str, button: str):
+    """One line with one key held: exactly its button (none for ESC/swapHands), never null."""
+    a, null = vpt_actions([_line(keys=[key])], "test.jsonl")
+    assert _pressed(a) == ({button} - UNMODELLED)
+    assert a["camera"].tolist() == [NULL_CAMERA_CLASS]
+    assert not null[0]  # an unmodelled key is still an action
+
+
+@pytest.mark.parametrize(("code", "button"), sorted(RECORDER_MOUSE.items()))
+def test_each_mouse_button_presses_its_button(code: int, button: str):
+    """Mouse 0/1/2 → attack/use/pickItem (pickItem is unmodelled: no button, still an action)."""
+    a, null = vpt_actions([_line(buttons=[code])], "test.jsonl")
+    assert _pressed(a) == ({button} - UNMODELLED)
+    assert not null[0]
+
+
+def test_keys_and_mouse_buttons_combine():
     lines = [
         _line(keys=["key.keyboard.w", "key.keyboard.left.shift", "key.keyboard.3"]),
         _line(buttons=[0, 1]),
         _line(keys=["key.keyboard.space", "key.keyboard.left.control", "key.keyboard.e"]),
+        _line(keys=["key.keyboard.a", "key.keyboard.q"], buttons=[2]),
         _line(keys=["key.keyboard.escape"]),
+        _line(keys=["key.keyboard.unknown"]),
     ]
     a, null = vpt_actions(lines, "test.jsonl")
-    pressed = [{k for k, v in a.items() if k != "camera" and v[t]} for t in range(len(lines))]
-    assert pressed == [
+    assert [_pressed(a, t) for t in range(len(lines))] == [
         {"forward", "sneak", "hotbar.3"},
         {"attack", "use"},
         {"jump", "sprint", "inventory"},
+        {"left", "drop"},
+        set(),
         set(),
     ]
-    # ESC is not one of the 20 modelled buttons but is still an action, so not null.
-    assert null.tolist() == [False, False, False, False]
+    # ESC is not one of the 20 modelled buttons but is still an action; an unknown key is not
+    assert null.tolist() == [False, False, False, False, False, True]
 
 
 def test_stuck_attack_is_removed_until_pressed_again():
@@ -93,11 +161,25 @@ def test_scroll_wheel_hotbar_changes_are_rebuilt():
     assert null.tolist() == [True, False, True, False]
 
 
+def test_writer_line_uses_the_recorders_names():
+    """The writer inverts the table: its output is checked against the recorder's literal names,
+    since a round trip alone (next test) passes with any table, swapped entries included."""
+    line = vpt_line({"left", "drop", "sprint", "hotbar.7", "use"})
+    assert line["keyboard"]["keys"] == sorted(
+        ["key.keyboard.a", "key.keyboard.q", "key.keyboard.left.control", "key.keyboard.7"]
+    )
+    assert line["mouse"]["buttons"] == [1]
+    assert vpt_line({"right", "inventory", "pickItem"})["keyboard"]["keys"] == sorted(
+        ["key.keyboard.d", "key.keyboard.e"]
+    )
+    assert vpt_line({"pickItem", "attack"})["mouse"]["buttons"] == [0, 2]
+
+
 def test_writer_line_maps_back_to_the_same_action():
     buttons = {"attack", "forward", "jump", "hotbar.2"}
     line = vpt_line(buttons, camera_deg=(-1.61, 3.22))
     a, null = vpt_actions([line], "test.jsonl")
-    assert {k for k, v in a.items() if k != "camera" and v[0]} == buttons
+    assert _pressed(a) == buttons
     assert a["camera"][0] == camera_class(3, 8)
     assert not null[0]
 

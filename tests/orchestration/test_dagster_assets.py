@@ -15,7 +15,7 @@ import yaml
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from orchestration.definitions import build_definitions
 from orchestration.dvc_graph import read_stages
-from tests.conftest import REPO, vpt_frames
+from tests.conftest import REPO, make_dvc_repo, vpt_frames
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,15 @@ def test_materialize_every_asset_then_skip_when_up_to_date(repo: Path, instance)
 
 
 def test_a_param_makes_its_stage_stale_and_the_schedule_reruns_only_that(repo: Path, instance):
+    """The suite's one param-change rerun (for DVC and Dagster both): a phase-3 param makes
+    exactly `train_policy` stale, and the schedule's run recomputes it and what is downstream."""
+    # Self-sufficient: a fresh instance has recorded nothing, so every asset would be stale
+    # ("never materialized"); record the reproduced repository first (DVC skips every stage).
+    before = build_definitions(repo)
+    record = before.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    assert record.success and not any(m["dvc_ran"].value for m in materializations(record).values())
+    assert stale(before, instance) == {} and dvc_status(repo) == set()
+
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profiles"]["tiny"]["train_policy"]["imagination"]["lam"] = 0.9
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -195,7 +204,9 @@ def test_a_param_makes_its_stage_stale_and_the_schedule_reruns_only_that(repo: P
     )
     assert result.success
     ran = {a for a, m in materializations(result).items() if m["dvc_ran"].value}
-    assert ran == requested  # DVC recomputed exactly these stages
+    assert ran == requested  # DVC recomputed exactly these stages, with the new value
+    policy = json.loads((repo / "models/policy/config.json").read_text())["model"]
+    assert policy["imagination"]["lam"] == 0.9
     assert stale(defs, instance) == {} and dvc_status(repo) == set()
     assert schedule.evaluate_tick(context).skip_message == "dvc status: every stage is up to date"
 
@@ -247,3 +258,82 @@ def test_check_fails_on_a_corrupted_step_index(repo: Path, tmp_path: Path):
         assert "reward" in check.metadata["failures"].value
     finally:
         steps_file.write_bytes(original)
+
+
+def code_versions(root: Path) -> dict[str, str]:
+    """Asset → the code version Dagster sees after a code location (re)load of `root`."""
+    graph = build_definitions(root).resolve_asset_graph()
+    return {key.path[-1]: graph.get(key).code_version for key in graph.materializable_asset_keys}
+
+
+def test_a_code_dep_moves_the_code_version_of_its_stages_only(tmp_path: Path):
+    """An edit of a file a stage lists in its dvc.yaml deps (itself, or a directory above it)
+    gives a new code version to the assets whose stages list it, and to no other asset."""
+    root = make_dvc_repo(tmp_path / "repo")  # no training: code versions need no outputs
+    before = code_versions(root)
+    assert len(set(before.values())) == len(before)  # every stage its own version
+
+    encode = root / "src/dreamer4/stages/encode.py"  # a file dep of `encode` alone
+    encode.write_text(encode.read_text() + "\n# an edit\n")
+    after = code_versions(root)
+    assert {a for a in before if after[a] != before[a]} == {"latent_tokens"}
+
+    # a file inside a directory dep (`src/dreamer4/nn`), listed by every model stage
+    attention = root / "src/dreamer4/nn/attention.py"
+    attention.write_text(attention.read_text() + "\n# an edit\n")
+    again = code_versions(root)
+    assert {a for a in after if again[a] != after[a]} == {
+        "tokenizer",
+        "latent_tokens",
+        "world_model",
+        "agent",
+        "bc_agent",
+        "policy",
+        "imagination_dataset",
+        "eval_report",
+    }
+    # the data stages do not list the models' code
+    assert (again["raw_episodes"], again["episode_dataset"]) == (
+        before["raw_episodes"],
+        before["episode_dataset"],
+    )
+
+
+def test_a_failing_blocking_check_stops_the_downstream_asset(repo: Path, tmp_path: Path):
+    """A failed episode_dataset suite skips latent_tokens in the same run: `encode` never runs
+    on the corrupted step index (not only `blocking=True` on the spec: the run's steps)."""
+    import shutil
+
+    # a copy of the trained repository: should the check not block, `encode` reruns and
+    # dvc.lock moves, and the session's repository stays as the other tests expect it
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    assert dvc_status(copy) == set()
+    lock = (copy / "dvc.lock").read_bytes()
+    steps_file = copy / "data/episodes/steps.parquet"
+    steps = pd.read_parquet(steps_file)
+    steps.loc[0, "reward"] = float("inf")
+    steps.to_parquet(steps_file, index=False)
+
+    defs = build_definitions(copy)
+    # the suite and the downstream asset in one run (what a rerun of latent_tokens with its
+    # upstream checks looks like); the suite reads the files on disk
+    suite = dg.AssetCheckKey(dg.AssetKey("episode_dataset"), "episode_dataset_suite")
+    result = dg.materialize(
+        list(defs.assets) + list(defs.asset_checks),
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=defs.resources,
+        selection=dg.AssetSelection.assets("latent_tokens").without_checks()
+        | dg.AssetSelection.checks(suite),
+        raise_on_error=False,
+    )
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "episode_dataset_suite" and not check.passed
+    # the in-process executor never starts what depends on the failed blocking check
+    started = {e.step_key for e in result.all_events if e.is_step_start}
+    assert "latent_tokens" not in started
+    assert materializations(result) == {}  # latent_tokens was not materialized
+    [failure] = result.get_step_failure_events()  # the check's step, failed by the check
+    assert "blocking asset check failed" in failure.step_failure_data.error.message
+    assert started == {failure.step_key} and not result.success
+    assert (copy / "dvc.lock").read_bytes() == lock  # DVC did not run `encode`
