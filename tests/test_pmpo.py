@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from dreamer4.agent import policy_module
@@ -44,6 +45,28 @@ def test_pmpo_loss_hand_checked():
     # the scale of the advantages does not matter
     again = pmpo_loss(log_prob.detach(), advantage * 1000, kl)
     assert math.isclose(float(again["loss"]), want, rel_tol=1e-6)
+
+
+def test_lambda_returns_rejects_mismatched_shapes_and_names_them():
+    rewards, continues = torch.zeros(1, 2), torch.ones(1, 2)
+    # values must have H + 1 steps; continues must match rewards (either mismatch alone raises)
+    with pytest.raises(ValueError, match=r"got \(1, 2\), \(1, 2\), \(1, 2\)$"):
+        lambda_returns(rewards, torch.zeros(1, 2), continues, gamma=0.9, lam=0.9)
+    with pytest.raises(ValueError, match=r"need rewards .*got \(1, 2\), \(1, 3\), \(1, 1\)$"):
+        lambda_returns(rewards, torch.zeros(1, 3), torch.ones(1, 1), gamma=0.9, lam=0.9)
+
+
+def test_pmpo_parts_with_one_sample_per_sign_and_an_empty_set():
+    # |D+| = |D−| = 1: each part is that sample's log-prob (no division by a clamped count)
+    log_prob, kl = torch.tensor([-1.0, -2.0]), torch.tensor([0.2, 0.4])
+    out = pmpo_loss(log_prob, torch.tensor([1.0, -1.0]), kl, alpha=0.25, beta=0.5)
+    assert float(out["positive"]) == -1.0 and float(out["negative"]) == -2.0
+    assert math.isclose(float(out["kl"]), 0.3, rel_tol=1e-6)
+    assert math.isclose(float(out["loss"]), 0.75 * -2.0 - 0.25 * -1.0 + 0.5 * 0.3, rel_tol=1e-6)
+    # D− empty: the negative part is 0, the positive part the mean over all
+    out = pmpo_loss(log_prob, torch.tensor([0.5, 2.0]), kl)
+    assert float(out["negative"]) == 0.0 and float(out["positive"]) == -1.5
+    assert float(out["positive_fraction"]) == 1.0
 
 
 def _rollout(module, b: int = 3, horizon: int = 4):
@@ -93,6 +116,7 @@ def test_only_policy_and_value_heads_change_in_phase_3():
     assert float(policy_terms(module, _rollout(module), cfg)["kl"]) > 0
 
 
+@pytest.mark.slow  # hundreds of PMPO steps in imagination
 def test_pmpo_raises_the_return_of_a_bandit_and_stays_near_the_prior():
     """PMPO's direction: a categorical policy over 5 arms, arm 3 pays 1; advantages from a
     learned baseline; after updates arm 3 is likelier, and β bounds the drift from the prior."""
@@ -164,12 +188,11 @@ def _phase3(cfg: ImaginationConfig, steps: int) -> tuple[float, float, list[floa
     return before, p3(), fractions
 
 
-def test_pmpo_raises_the_better_action_under_a_positive_base_reward():
+def test_pmpo_raises_the_better_action_under_a_positive_base_reward(one_thread: None):
     """Every step pays 2; action 3 pays 0.2 more. A zero-initialised value sits far below its
     fixed point (≈ 2 / (1 − γ) here), so raw advantages are almost all positive: bare PMPO
     then raises whatever was sampled and action 3 loses ground; with the phase-3 remedies
     (value warm-up at its own lr, centred advantages) it gains. β = 0 isolates the sign."""
-    torch.set_num_threads(1)
     cfg = ImaginationConfig(horizon=8, value_warmup=10, value_lr=1e-2, beta=0.0)
     before, after, fractions = _phase3(cfg, 100)
     assert fractions[0] == 1.0  # the value head's bias: the defect the remedies address
@@ -178,3 +201,93 @@ def test_pmpo_raises_the_better_action_under_a_positive_base_reward():
     before_bare, after_bare, fractions_bare = _phase3(bare, 100)
     assert min(fractions_bare) > 0.8  # nearly one-signed advantages throughout
     assert after_bare < before_bare < after, (after_bare, after)  # 0.019 when written
+
+
+def test_prompt_tasks_keep_the_context_task_else_draw_a_known_one():
+    from dreamer4.stages.train_policy import prompt_tasks
+
+    task = torch.tensor([2, -1, 0, -1])
+    assert prompt_tasks(task, [5]).tolist() == [2, 5, 0, 5]
+    drawn = []
+    for seed in (1, 2):  # from the generator alone, whatever the global RNG did
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(0)
+        drawn.append(prompt_tasks(torch.full((400,), -1), [1, 3], g))
+    assert torch.equal(drawn[0], drawn[1])
+    assert set(drawn[0].tolist()) == {1, 3} and 150 < int((drawn[0] == 1).sum()) < 250
+
+
+def _policy_job(cfg: ImaginationConfig, grad_accum: int):
+    from dreamer4.shortcut import ShortcutConfig
+    from dreamer4.stages.train_policy import PolicyJob
+
+    job = PolicyJob.__new__(PolicyJob)  # the loss only: no agent folder needed
+    job.imagination, job.known, job.grad_accum = cfg, [1], grad_accum
+    job.shortcut = ShortcutConfig(context_noise=0.3)  # not the default: it must be passed on
+    return job
+
+
+def test_policy_job_loss_is_policy_terms_of_the_rollout_and_warms_up_the_value():
+    from dreamer4.dynamics import shift_actions
+    from dreamer4.stages.train_policy import prompt_tasks
+
+    cfg = ImaginationConfig(horizon=2, steps=2, context_window=2, value_warmup=1)
+    job = _policy_job(cfg, grad_accum=2)
+    module = policy_module(small_agent())
+    gen = torch.Generator().manual_seed(0)
+    # the prompt is the task of the last context frame (-1: a known task, here 1)
+    batch = {
+        "latents": torch.rand(2, 3, 4, 4, generator=gen).double() * 2 - 1,
+        "task": torch.tensor([[0, 1, 2], [2, 0, -1]]),
+        "action/crafter": torch.randint(0, 17, (2, 3), generator=gen),
+    }
+    seen = []
+    for call in range(3):
+        torch.manual_seed(call)
+        out = job.loss(module, batch)
+        torch.manual_seed(call)
+        task = prompt_tasks(torch.tensor([2, -1]), [1])
+        assert task.tolist() == [2, 1]
+        context = batch["latents"].float()
+        rollout = imagine(module.agent, context, shift_actions(batch), task, 2, 2, job.shortcut,
+                          context_window=2)  # fmt: skip
+        want = policy_terms(module, rollout, cfg)
+        assert set(out) == {"loss", "policy", "value", "kl", "positive_fraction", "entropy",
+                            "return", "values"}  # fmt: skip
+        for key in ("policy", "value", "kl", "return", "values"):
+            torch.testing.assert_close(out[key], want[key])
+        seen.append(int(module.micro_steps))
+        # optimizer step = micro-step // grad_accum; step < value_warmup: the value loss only
+        policy = 0.0 if call < 2 else float(want["policy"].detach())
+        got, value = float(out["loss"].detach()), float(want["value"].detach())
+        assert math.isclose(got, value + policy, rel_tol=1e-5)
+    assert seen == [1, 2, 3]
+
+
+def test_policy_terms_report_return_entropy_and_the_sign_of_zero_advantages():
+    from dreamer4.imagination import Rollout
+
+    module = policy_module(small_agent())
+    with torch.no_grad():  # a uniform policy over the 17 actions
+        module.agent.policy.out[0].weight.zero_()
+        module.agent.policy.out[0].bias.zero_()
+    b, horizon = 2, 3
+    features = torch.randn(b, horizon + 1, 32, generator=torch.Generator().manual_seed(0))
+    actions = {"crafter": torch.zeros(b, horizon, dtype=torch.long)}
+
+    def terms(rewards: torch.Tensor, cfg: ImaginationConfig | None = None) -> dict:
+        rollout = Rollout(torch.zeros(b, horizon, 4, 4), actions, features, rewards,
+                          torch.zeros(b, dtype=torch.long))  # fmt: skip
+        return policy_terms(module, rollout, cfg or ImaginationConfig())
+
+    out = terms(torch.tensor([[1.0, 0.0, 2.0], [0.0, 4.0, 0.0]]))
+    assert set(out) == {"loss", "policy", "value", "kl", "positive_fraction", "entropy",
+                        "return", "values", "returns", "values_all"}  # fmt: skip
+    assert math.isclose(float(out["return"]), (3.0 + 4.0) / 2, rel_tol=1e-6)  # Σ_t r, mean over b
+    assert math.isclose(float(out["entropy"]), math.log(17), rel_tol=1e-5)
+    # the zero-initialised value head predicts one value v everywhere: with no reward and
+    # γ = λ = 1, R^λ_t = v_H = v, so every A is exactly 0, and A = 0 counts as positive
+    zero = terms(torch.zeros(b, horizon), ImaginationConfig(gamma=1.0, lam=1.0))
+    assert (zero["values_all"] == zero["values_all"][0, 0]).all()
+    assert (zero["returns"] == zero["values_all"][:, :-1]).all()
+    assert float(zero["positive_fraction"]) == 1.0

@@ -3,7 +3,7 @@ sampler against recomputation, and a tiny model that learns action-driven latent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
 from typing import Any
 
 import pytest
@@ -18,18 +18,10 @@ from dreamer4.shortcut import (
     generate,
     generate_without_cache,
     loss_norms,
+    randn_like,
     sample_tau_d,
     shortcut_loss,
 )
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny models on two busy cores run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class StandIn(nn.Module):
@@ -169,6 +161,45 @@ def test_sample_tau_d_grid_bootstrap_per_frame_and_sampler_rows() -> None:
     assert context_level(0.1, 64) == 58 / 64 and context_level(0.0, 8) == 1.0
 
 
+def test_sample_tau_d_draws_from_its_generator_alone_and_per_row() -> None:
+    cfg = ShortcutConfig(sampler_rows=0.5)
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the global RNG must not matter
+        draws.append(sample_tau_d(64, 4, 64, cfg, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(a, b) for a, b in zip(draws[0], draws[1], strict=True))
+    tau, d = sample_tau_d(64, 4, 64, cfg)  # no generator: the global RNG, on the CPU
+    assert tau.shape == d.shape == (64, 4) and tau.device.type == "cpu"
+    # bootstrap frames are drawn per (row, frame), not one pattern for every row
+    boot = draws[0][1][:, -1] > 1 / 64
+    assert 0 < int(boot.sum()) < 64
+
+
+def test_sample_tau_d_small_k_max_and_two_frame_sampler_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    # k_max = 2: the one bootstrap size is d = 1 (two half steps of 1/2 bootstrap it)
+    _, d = sample_tau_d(
+        200, 4, 2, ShortcutConfig(bootstrap_fraction=0.5, inference_steps=1, sampler_rows=0.0), g
+    )
+    assert set(d.unique().tolist()) == {0.5, 1.0}
+    # K = k_max: d = 1/K is d_min, not a bootstrap size; the others are drawn uniformly
+    _, d = sample_tau_d(
+        400, 4, 4, ShortcutConfig(bootstrap_fraction=1.0, inference_steps=4, sampler_rows=0.0), g
+    )
+    assert set(d.unique().tolist()) == {0.5, 1.0} and 0.4 < float((d == 1).float().mean()) < 0.6
+    # two frames: the first one of every sampler row carries the context labels
+    tau, d = sample_tau_d(8, 2, 8, ShortcutConfig(sampler_rows=1.0), g)
+    assert (tau[:, 0] == context_level(0.1, 8)).all() and (d[:, 0] == 1 / 8).all()
+
+
+def test_shortcut_loss_wants_both_tau_and_d() -> None:
+    model = Dynamics(SMALL)
+    z1 = torch.zeros(1, 2, 4, 2)
+    for tau, d in ((torch.zeros(1, 2), None), (None, torch.ones(1, 2))):
+        with pytest.raises(ValueError, match="^pass both tau and d, or neither$"):
+            shortcut_loss(model, z1, None, ShortcutConfig(), 8, tau=tau, d=d)
+
+
 SMALL = DynamicsConfig(
     latents=4,
     bottleneck=2,
@@ -215,6 +246,19 @@ def test_generate_with_kv_cache_matches_recomputation(one_thread: None) -> None:
     assert all(t == 1 and 0 < length <= 2 for t, length in calls[1:])
 
 
+def test_generate_from_no_context_and_for_no_frames(one_thread: None) -> None:
+    torch.manual_seed(0)
+    model = Dynamics(SMALL).eval()
+    g = torch.Generator().manual_seed(1)
+    # no context frame: the first frame starts from noise of the model's frame shape
+    fresh = generate(model, torch.zeros(2, 0, 4, 2), None, 2, steps=2, generator=g)
+    assert fresh.shape == (2, 2, 4, 2) and fresh.dtype == torch.float32
+    assert torch.isfinite(fresh).all() and not torch.equal(fresh[0], fresh[1])
+    # horizon 0: no frame, of the model's frame shape
+    none = generate(model, torch.zeros(3, 2, 4, 2), None, 0)
+    assert none.shape == (3, 0, 4, 2) and none.dtype == torch.float32
+
+
 def rotating(b: int, t: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """Latents (B, T, 8, 2) on a circle of radius 0.8, each latent a fixed phase apart; the
     action leading into frame t turns the whole pattern by -0.6, 0 or +0.6 rad."""
@@ -227,6 +271,7 @@ def rotating(b: int, t: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tens
     return 0.8 * torch.stack([angle.cos(), angle.sin()], -1), {"move": a}
 
 
+@pytest.mark.slow  # trains a small world model for a few hundred steps
 def test_trained_model_rollout_beats_copying_the_last_frame(one_thread: None) -> None:
     """A short training on action-driven latents with the stages' loss normalisation: K = 4
     (the sampler's step count) close to K = k_max, both well below copying the last frame (with
@@ -274,3 +319,111 @@ def test_trained_model_rollout_beats_copying_the_last_frame(one_thread: None) ->
     stay = {"move": torch.where(a["move"] >= 0, 1, -1)}
     wrong = generate(model, z[:, :3], stay, 3, steps=4, generator=torch.Generator().manual_seed(1))
     assert error < 0.7 * (wrong - z[:, 3:]).pow(2).mean()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("bootstrap_fraction", -0.1), ("bootstrap_fraction", 1.5), ("inference_share", 1.5),
+     ("sampler_rows", -0.5), ("inference_steps", 0), ("inference_steps", 3),
+     ("context_noise", -0.1), ("context_noise", 1.5), ("tau_clamp", 0.0)],
+)  # fmt: skip
+def test_shortcut_config_rejects_out_of_range_values(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} must be .*, got {value}$"):
+        ShortcutConfig(**{field: value})
+
+
+def test_shortcut_config_accepts_the_ends_of_its_ranges() -> None:
+    for field in ("bootstrap_fraction", "inference_share", "sampler_rows", "context_noise"):
+        for value in (0.0, 1.0):
+            assert getattr(ShortcutConfig(**{field: value}), field) == value
+    assert ShortcutConfig(inference_steps=1, tau_clamp=1e-6).inference_steps == 1
+
+
+def test_sampling_arguments_are_checked_with_their_values_named() -> None:
+    model = Dynamics(SMALL)
+    context = torch.zeros(2, 3, 4, 2)
+    ok = {"crafter": torch.zeros(2, 5, dtype=torch.long)}
+    for k_max in (0, 6):
+        with pytest.raises(ValueError, match=f"^k_max must be a power of two, got {k_max}$"):
+            sample_tau_d(1, 1, k_max, ShortcutConfig())
+    for steps in (0, 3, 16):
+        with pytest.raises(ValueError, match=rf"^steps must be .* <= k_max=8, got {steps}$"):
+            generate(model, context, ok, 2, steps=steps)
+    for horizon, window in ((-1, None), (1, -1)):
+        with pytest.raises(ValueError, match="^horizon and context_window must be >= 0$"):
+            generate(model, context, ok, horizon, context_window=window)
+    for bad in (torch.zeros(3, 5), torch.zeros(2, 4)):  # wrong batch; C + horizon = 5 needed
+        with pytest.raises(ValueError, match=rf"^actions\['crafter'\] must be \(B, C \+ horizon\) "
+                           rf"= \(2, 5\), got {re.escape(str(tuple(bad.shape)))}$"):  # fmt: skip
+            generate(model, context, {"crafter": bad.long()}, 2)
+    # the ends of the ranges are fine: no frame, a window of no past frame
+    assert generate(model, context, ok, 0).shape == (2, 0, 4, 2)
+    assert generate(model, context, ok, 1, steps=1, context_window=0).shape == (2, 1, 4, 2)
+
+
+def test_randn_like_keeps_the_dtype_and_draws_from_the_generator() -> None:
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    z = randn_like(x, torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float64
+    torch.testing.assert_close(
+        z.float(), torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    )
+
+
+def _fixed_loss(model: Dynamics, b: int, t: int, d: float, **kw: Any) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(1, t, 4, 2, generator=g).tanh().expand(b, -1, -1, -1)
+    noise = torch.randn(1, t, 4, 2, generator=g).expand(b, -1, -1, -1)
+    tau = torch.full((b, t), 0.5)
+    return shortcut_loss(model, z1, None, ShortcutConfig(), 8, noise=noise, tau=tau,
+                         d=torch.full((b, t), d), **kw)  # fmt: skip
+
+
+def test_shortcut_terms_are_means_over_frames_and_see_independent_rows() -> None:
+    torch.manual_seed(0)
+    model = Dynamics(SMALL)
+    # a mean over frames: one frame, or the same frame twice, gives the same term
+    for d, term in ((1 / 8, "flow"), (0.5, "bootstrap")):
+        one, two = _fixed_loss(model, 1, 1, d)[term], _fixed_loss(model, 2, 1, d)[term]
+        assert float(one) > 0 and float(one) == pytest.approx(float(two), rel=1e-6)
+    # independent rows attend to no other frame: both terms change over a 3-frame sequence
+    for d, term in ((1 / 8, "flow"), (0.5, "bootstrap")):
+        video = _fixed_loss(model, 1, 3, d, independent=torch.tensor([False]))[term]
+        images = _fixed_loss(model, 1, 3, d, independent=torch.tensor([True]))[term]
+        assert float(video) != pytest.approx(float(images), rel=1e-4)
+    # no flow frame yet: the bootstrap term is not scaled by a flow RMS never measured
+    out = _fixed_loss(model, 1, 2, 0.5, norms=loss_norms())
+    assert float(out["loss"]) == pytest.approx(float(out["bootstrap"]), rel=1e-6)
+
+
+def test_shortcut_loss_draws_from_its_generator_alone() -> None:
+    torch.manual_seed(0)
+    model = Dynamics(SMALL)
+    z1 = torch.rand(2, 3, 4, 2) * 2 - 1
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(4)
+        losses.append(
+            float(shortcut_loss(model, z1, None, ShortcutConfig(), 8, generator=g)["loss"])
+        )
+    assert losses[0] == losses[1]
+
+
+def test_independent_rows_are_frames_alone_in_every_pass() -> None:
+    torch.manual_seed(0)
+    model = Dynamics(SMALL)
+    g = torch.Generator().manual_seed(0)
+    z1, noise = torch.randn(1, 3, 4, 2, generator=g).tanh(), torch.randn(1, 3, 4, 2, generator=g)
+
+    def loss(t: slice, independent: Tensor | None, d: float, term: str) -> float:
+        n = z1[:, t].shape[1]
+        out = shortcut_loss(model, z1[:, t], None, ShortcutConfig(), 8, independent,
+                            noise=noise[:, t], tau=torch.full((1, n), 0.5),
+                            d=torch.full((1, n), d))  # fmt: skip
+        return float(out[term])
+
+    for d, term in ((1 / 8, "flow"), (0.5, "bootstrap")):  # the prediction; the bootstrap passes
+        alone = sum(loss(slice(t, t + 1), None, d, term) for t in range(3)) / 3
+        got = loss(slice(0, 3), torch.tensor([True]), d, term)
+        assert got == pytest.approx(alone, rel=1e-5)

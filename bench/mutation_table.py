@@ -1,0 +1,84 @@
+"""Kill rate per module of the last `make mutate` (mutmut's results under mutants/).
+
+Counts the mutants whose names match the given fnmatch patterns (the ones `make mutate` runs:
+whole paper modules, the loss functions only of the stage modules), per module:
+
+    python bench/mutation_table.py 'dreamer4.pmpo.*' 'dreamer4.stages.train_policy.x_policy_terms*'
+
+Killed includes timeouts (the mutant hung or ran 30× longer than the tests); "no tests" and
+"not run" mutants count against the rate. With --survivors, also lists the surviving mutants
+(`mutmut show NAME` prints a mutant's diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from fnmatch import fnmatch
+from pathlib import Path
+
+# mutmut's exit codes (mutmut/stats.py): 1, 3 killed; 0 survived; 33, 5 no tests; None not run
+KILLED = {1, 3}
+TIMEOUT = {36, 24, -24, 152, 255}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def verdict(code: int | None) -> str:
+    if code in KILLED or code in TIMEOUT:
+        return "killed"
+    if code in SURVIVED:
+        return "survived"
+    if code in NO_TESTS:
+        return "no tests"
+    return "not run" if code is None else f"other ({code})"
+
+
+def results(root: Path, patterns: list[str]) -> dict[str, str]:
+    """Mutant name → verdict, for the mutants matching any pattern."""
+    out: dict[str, str] = {}
+    for meta in sorted(root.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in codes.items():
+            if any(fnmatch(name, p) for p in patterns):
+                out[name] = verdict(code)
+    return out
+
+
+def module_of(name: str) -> str:
+    """'dreamer4.pmpo.x_pmpo_loss__mutmut_3' → 'dreamer4.pmpo' (functions start with x_ / xǁ)."""
+    return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("patterns", nargs="+", help="mutant-name patterns (fnmatch)")
+    p.add_argument("--root", type=Path, default=Path("mutants"))
+    p.add_argument("--survivors", action="store_true", help="also list the surviving mutants")
+    args = p.parse_args()
+    found = results(args.root, args.patterns)
+    if not found:
+        raise SystemExit(f"no mutant results under {args.root}/ match: run `make mutate` first")
+    by_module: dict[str, Counter[str]] = {}
+    for name, v in found.items():
+        by_module.setdefault(module_of(name), Counter())[v] += 1
+    print(f"| {'module':<32} | killed | survived | other | total | kill rate |")
+    print(f"|{'-' * 34}|-------:|---------:|------:|------:|----------:|")
+    for module, c in sorted(by_module.items()):
+        total = sum(c.values())
+        other = total - c["killed"] - c["survived"]
+        rate = 100 * c["killed"] / total
+        print(
+            f"| {module:<32} | {c['killed']:>6} | {c['survived']:>8} | {other:>5} | {total:>5} "
+            f"| {rate:>8.1f} % |"
+        )
+    if args.survivors:
+        for name, v in sorted(found.items()):
+            if v != "killed":
+                print(f"{v:>10}  {name}")
+
+
+if __name__ == "__main__":
+    main()
