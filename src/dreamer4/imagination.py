@@ -41,7 +41,6 @@ class Rollout:
         return torch.ones_like(self.rewards)
 
 
-@torch.no_grad()
 def imagine(
     agent: Agent,
     context: Tensor,
@@ -61,46 +60,63 @@ def imagine(
     with. policy: h (B, width) → action logits (B, A) (default: the agent's policy head at
     offset 0). context_window: most past frames the cache keeps (None = all); keep C + H within
     the lengths the world model was trained on, or crop to them.
+
+    Without autograd (phase 3's losses re-read `features` with the trainable heads), written
+    as a `with` block rather than a decorator so that mutation testing reaches the body.
     """
-    b, c = context.shape[:2]
-    if c < 1 or horizon < 1 or task.shape != (b,):
-        raise ValueError(f"need a context of >= 1 frame, horizon >= 1 and task (B,) = ({b},)")
-    cfg = cfg or ShortcutConfig()
-    act = policy or (lambda h: agent.policy(h, 1)[:, 0])
-    k_max, noise = agent.dynamics.cfg.k_max, cfg.context_noise
-    cache = agent.new_cache()
-    one_task = task[:, None]
-    inputs = as_context(context.float(), noise, k_max, generator)
-    _, h = agent(*inputs, context_actions, one_task.expand(b, c), cache=cache)
-    features, frames, rewards = [h[:, -1]], [], []
-    actions: dict[str, list[Tensor]] = {name: [] for name, _, _ in agent.space.components}
-    for _ in range(horizon):
-        chosen = agent.space.sample(act(features[-1]), generator)
-        for name, value in chosen.items():
-            actions[name].append(value)
-        step_actions = {name: value[:, None] for name, value in chosen.items()}
-        if context_window is not None:
-            cache.crop(context_window)
-        length = cache.length
+    with torch.no_grad():
+        b, c = context.shape[:2]
+        if c < 1 or horizon < 1 or task.shape != (b,):
+            raise ValueError(f"need a context of >= 1 frame, horizon >= 1 and task (B,) = ({b},)")
+        cfg = cfg or ShortcutConfig()
+        act = policy or (lambda h: agent.policy(h, 1)[:, 0])
+        k_max, noise = agent.dynamics.cfg.k_max, cfg.context_noise
+        cache = agent.new_cache()
+        one_task = task[:, None]
+        inputs = as_context(context.float(), noise, k_max, generator)
+        _, h = agent(*inputs, context_actions, one_task.expand(b, c), cache=cache)
+        features, frames, rewards = [h[:, -1]], [], []
+        actions: dict[str, list[Tensor]] = {name: [] for name, _, _ in agent.space.components}
+        for _ in range(horizon):
+            chosen = agent.space.sample(act(features[-1]), generator)
+            for name, value in chosen.items():
+                actions[name].append(value)
+            step_actions = {name: value[:, None] for name, value in chosen.items()}
+            if context_window is not None:
+                cache.crop(context_window)
+            length = cache.length
 
-        def predict(
-            x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
-        ) -> Tensor:
-            pred, _ = agent(
-                x, constant(b, 1, tau, x), constant(b, 1, d, x), step_actions, one_task, cache=cache
+            def predict(
+                x: Tensor,
+                tau: float,
+                d: float,
+                step_actions: dict = step_actions,
+                length: int = length,
+            ) -> Tensor:
+                pred, _ = agent(
+                    x,
+                    constant(b, 1, tau, x),
+                    constant(b, 1, d, x),
+                    step_actions,
+                    one_task,
+                    cache=cache,
+                )
+                cache.truncate(length)
+                return pred
+
+            x = denoise(
+                predict, randn_like(context[:, :1].float(), generator), steps, cfg.tau_clamp
             )
-            cache.truncate(length)
-            return pred
-
-        x = denoise(predict, randn_like(context[:, :1].float(), generator), steps, cfg.tau_clamp)
-        frames.append(x)
-        _, h = agent(*as_context(x, noise, k_max, generator), step_actions, one_task, cache=cache)
-        features.append(h[:, 0])
-        rewards.append(agent.twohot.decode(agent.reward(h[:, 0], 1)[:, 0]))
-    return Rollout(
-        latents=torch.cat(frames, 1),
-        actions={name: torch.stack(v, 1) for name, v in actions.items()},
-        features=torch.stack(features, 1),
-        rewards=torch.stack(rewards, 1),
-        task=task,
-    )
+            frames.append(x)
+            _, h = agent(
+                *as_context(x, noise, k_max, generator), step_actions, one_task, cache=cache
+            )
+            features.append(h[:, 0])
+            rewards.append(agent.twohot.decode(agent.reward(h[:, 0], 1)[:, 0]))
+        return Rollout(
+            latents=torch.cat(frames, 1),
+            actions={name: torch.stack(v, 1) for name, v in actions.items()},
+            features=torch.stack(features, 1),
+            rewards=torch.stack(rewards, 1),
+            task=task,
+        )
