@@ -81,14 +81,15 @@ def test_s0_is_the_agent_output_at_the_last_context_frame(agent):
 
 def test_imagined_frames_see_the_whole_context_and_its_actions(agent):
     """Frames before the last one and the actions leading into them reach the imagined frames
-    only through the KV cache (context pass and sampler both use it)."""
+    only through the KV cache (context pass and sampler both use it). The policy is fixed:
+    s_0, which sees the whole context, must not reach s_1 through the action it picks."""
     context, actions, task = inputs()
-    base = roll(agent, context, actions, task).latents
+    base = roll(agent, context, actions, task, policy=forced(1)).latents
     earlier = context.clone()
     earlier[:, 0] = -earlier[:, 0]  # the last context frame unchanged
-    assert differ(roll(agent, earlier, actions, task).latents[:, 0], base[:, 0])
+    assert differ(roll(agent, earlier, actions, task, policy=forced(1)).latents[:, 0], base[:, 0])
     other = {"act": (actions["act"] + 1) % ACTIONS}
-    assert differ(roll(agent, context, other, task).latents[:, 0], base[:, 0])
+    assert differ(roll(agent, context, other, task, policy=forced(1)).latents[:, 0], base[:, 0])
 
 
 def test_the_sampled_action_conditions_the_next_frame_and_frames_are_committed(agent):
