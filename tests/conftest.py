@@ -214,7 +214,8 @@ def trained_repo(
     make_dvc_repo(root)
     if kept is not None and trained_inputs_digest() != kept.name:
         kept = None  # the sources changed while they were copied: not the digest's repository
-    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True)
+    # bounded, with room for a shared 2-core machine (alone it takes 3–5 minutes)
+    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     output = proc.stdout + proc.stderr
     if kept is not None:  # written aside, then renamed; only the newest digest is kept

@@ -206,7 +206,12 @@ def _dvc_changed(root: Path) -> set[str]:
     import json
 
     proc = subprocess.run(
-        ["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True
+        ["dvc", "status", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     report = json.loads(proc.stdout or "{}")
     return {

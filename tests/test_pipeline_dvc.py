@@ -33,7 +33,7 @@ STAGES = (
 
 
 def dvc(root: Path, *args: str) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
 
