@@ -61,7 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, with the stage options of `command` only: its module is
+    the one stage module imported, so a stage runs no other stage's code (dvc.yaml lists exactly
+    what each stage runs, tests/test_dvc_deps.py) and `dreamer4 --help` imports none."""
     parser = argparse.ArgumentParser(
         prog="dreamer4",
         description="Dreamer 4 pipeline stages. Each reads its settings from the active profile "
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--profile", default=None, help="profile in params.yaml (default: its `profile`)"
         )
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if command in (name, *aliases):
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     args._argv = argv  # training stages re-run themselves under a launcher
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
