@@ -5,9 +5,9 @@ whole paper modules, the loss functions only of the stage modules), per module:
 
     python bench/mutation_table.py 'dreamer4.pmpo.*' 'dreamer4.stages.train_policy.x_policy_terms*'
 
-Killed includes timeouts (the mutant hung or ran 30× longer than the tests); "no tests" and
-"not run" mutants count against the rate. With --survivors, also lists the surviving mutants
-(`mutmut show NAME` prints a mutant's diff).
+Killed includes timeouts (the mutant hung or ran 30× longer than the tests) and crashes;
+"no tests", "not checked" and mutmut's other statuses count against the rate. With
+--survivors, also lists the mutants not killed (`mutmut show NAME` prints a mutant's diff).
 """
 
 from __future__ import annotations
@@ -19,21 +19,16 @@ from collections import Counter
 from fnmatch import fnmatch
 from pathlib import Path
 
-# mutmut's exit codes (mutmut/stats.py): 1, 3 killed; 0 survived; 33, 5 no tests; None not run
-KILLED = {1, 3}
-TIMEOUT = {36, 24, -24, 152, 255}
-SURVIVED = {0}
-NO_TESTS = {5, 33}
+from mutmut.stats import status_by_exit_code
+
+# mutmut's own reading of a mutant's exit code; killed = the tests stopped it, by failing, by
+# timing out or by crashing (segfault). Everything but "killed" counts against the rate.
+STOPPED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
 def verdict(code: int | None) -> str:
-    if code in KILLED or code in TIMEOUT:
-        return "killed"
-    if code in SURVIVED:
-        return "survived"
-    if code in NO_TESTS:
-        return "no tests"
-    return "not run" if code is None else f"other ({code})"
+    status = status_by_exit_code.get(code, f"exit code {code}")
+    return "killed" if status in STOPPED else status
 
 
 def results(root: Path, patterns: list[str]) -> dict[str, str]:

@@ -168,7 +168,7 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
 
 # What a trained repository is made from: a change to any of these trains a new one.
 TRAINED_FROM = ("src", "infra", "inbox", "dvc.yaml", ".dvcignore", "params.yaml", "pyproject.toml",
-                "constraints.txt", "tests/conftest.py")  # fmt: skip
+                "constraints.txt", "Makefile", "tests/conftest.py")  # fmt: skip
 
 
 def trained_inputs_digest() -> str:
@@ -203,31 +203,46 @@ def trained_repo(
     import shutil
     import subprocess
 
+    import dreamer4
+
     root = tmp_path_factory.mktemp("trained") / "repo"
     cache = getattr(request.config, "cache", None)
     kept = None
-    if cache is not None and not os.environ.get("CI"):
+    # the stages run the editable install: only a digest of that code names what they ran
+    ours = Path(dreamer4.__file__).is_relative_to(REPO / "src")
+    if cache is not None and ours and not os.environ.get("CI"):
         kept = cache.mkdir("trained_repo") / trained_inputs_digest()
         if (kept / "output.txt").is_file():
             shutil.copytree(kept / "repo", root, symlinks=True)
             return root, (kept / "output.txt").read_text()
     make_dvc_repo(root)
-    if kept is not None and trained_inputs_digest() != kept.name:
-        kept = None  # the sources changed while they were copied: not the digest's repository
     # bounded, with room for a shared 2-core machine (alone it takes 3–5 minutes)
     proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     output = proc.stdout + proc.stderr
-    if kept is not None:  # written aside, then renamed; only the newest digest is kept
-        aside = kept.with_name(f"{kept.name}.partial")
-        shutil.rmtree(aside, ignore_errors=True)
-        shutil.copytree(root, aside / "repo", symlinks=True)
-        (aside / "output.txt").write_text(output)
-        for old in kept.parent.iterdir():
-            if old != aside:
-                shutil.rmtree(old, ignore_errors=True)
-        aside.rename(kept)
+    # kept only if no source changed while it was copied and trained from
+    if kept is not None and trained_inputs_digest() == kept.name:
+        keep_trained(root, output, kept)
     return root, output
+
+
+def keep_trained(root: Path, output: str, kept: Path) -> None:
+    """Copy a trained repository into the cache as `kept`: written aside under a name of its
+    own, then renamed (another session keeping the same digest first wins); older digests go."""
+    import shutil
+    import tempfile
+
+    aside = Path(tempfile.mkdtemp(prefix=".partial-", dir=kept.parent))
+    shutil.copytree(root, aside / "repo", symlinks=True)
+    (aside / "output.txt").write_text(output)
+    try:
+        aside.rename(kept)
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    for old in kept.parent.iterdir():
+        if old != kept and not old.name.startswith(".partial-"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def make_episode_dataset(

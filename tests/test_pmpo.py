@@ -228,6 +228,10 @@ def _policy_job(cfg: ImaginationConfig, grad_accum: int):
 
 
 def test_policy_job_loss_is_policy_terms_of_the_rollout_and_warms_up_the_value():
+    """A wiring test by recomposition: `PolicyJob.loss` equals `policy_terms` of the rollout
+    `imagine` makes from the job's own settings (the last frame's task, the shortcut config, the
+    context window), and its warm-up counts optimizer steps, not micro-steps. The values of the
+    terms themselves are checked by hand in tests/stages/test_policy_terms.py."""
     from dreamer4.dynamics import shift_actions
     from dreamer4.stages.train_policy import prompt_tasks
 

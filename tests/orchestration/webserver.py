@@ -3,7 +3,9 @@
 127.0.0.1 on a socket this process binds to port 0; the port it got is written to PORT_FILE.
 
 Why not `dagster-webserver -p …`: its CLI treats port 0 as "the default port", so a test would
-have to pick a free port and hope nobody takes it before the server binds it.
+have to pick a free port and hope nobody takes it before the server binds it. The workspace
+loading it needs is private Dagster API (`dagster._cli`, `dagster._core`), fine at the pinned
+version; an upgrade that moves it fails here with an ImportError, not silently.
 """
 
 from __future__ import annotations

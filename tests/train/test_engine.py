@@ -203,7 +203,12 @@ def test_metrics_scraped_during_run_and_sigterm_saves_a_checkpoint(
         job_args(tmp_path, episode_dataset, steps=100000, metrics_port=0, checkpoint_every=100000)
     )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+
+    def read() -> None:  # line by line: the poll below sees each line as it arrives
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     seen: dict[str, str] = {}
 
