@@ -50,7 +50,7 @@ browser:
 	command -v chromium >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-# Mutation testing (docs/testing.md; not part of `make test`, ~30 minutes on 2 cores): mutmut
+# Mutation testing (docs/testing.md; not part of `make test`, ~20 minutes on 2 cores): mutmut
 # mutates the paper modules and the stage losses in a copy under mutants/ and runs, per mutant,
 # the fast tests ([tool.mutmut] in pyproject.toml) that reach the mutated function; then prints
 # the kill rate per module. One torch thread per worker: they are forked from a process that
