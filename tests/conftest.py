@@ -109,6 +109,24 @@ def tmp_raw(tmp_path: Path) -> Path:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def small_models(tiny: dict) -> dict:
+    """The `tiny` profile's models and evaluations shrunk to test size, in place (widths 16, two
+    layers, 4-frame windows, 2 evaluation sequences); how long each stage trains stays the
+    caller's. Returns `tiny`."""
+    tokenizer = tiny["train_tokenizer"]
+    tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
+    tokenizer["eval_sequences"] = 2
+    dynamics = tiny["train_dynamics"]
+    dynamics["model"].update(width=16, depth=2, heads=2, time_every=2, registers=1, k_max=8)
+    dynamics["sequence"].update(length=4, long_length=8, long_every=2)
+    dynamics["rollout"].update(sequences=2, context=4, horizon=2)
+    agent = tiny["finetune_agent"]
+    agent["agent"].update(mtp=2, bins=41)
+    agent["sequence"].update(length=4)
+    agent["eval_sequences"] = 2
+    return tiny
+
+
 def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     """A git + DVC repository with this project's dvc.yaml, code and a shrunk `tiny` profile."""
     import shutil
@@ -126,19 +144,11 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     tiny["collect"].update(episodes=episodes, max_steps=max_steps, workers=2)
     # Training stages: a few steps of a small model, still 2 ranks through torchrun, no fixed port.
     tiny["train"].update(metrics_port=None)
-    tokenizer = tiny["train_tokenizer"]
-    tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
-    tokenizer["train"].update(steps=4, micro_batch=2, eval_every=0, checkpoint_every=2)
-    tokenizer["eval_sequences"] = 2
-    dynamics = tiny["train_dynamics"]
-    dynamics["model"].update(width=16, depth=2, heads=2, time_every=2, registers=1, k_max=8)
-    dynamics["sequence"].update(length=4, long_length=8, long_every=2)
-    dynamics["rollout"].update(sequences=2, context=4, horizon=2)
-    dynamics["train"].update(steps=4, micro_batch=2, checkpoint_every=2)
+    small_models(tiny)
+    four = {"steps": 4, "micro_batch": 2, "checkpoint_every": 2}
+    tiny["train_tokenizer"]["train"].update(eval_every=0, **four)
+    tiny["train_dynamics"]["train"].update(**four)
     agent = tiny["finetune_agent"]
-    agent["agent"].update(mtp=2, bins=41)
-    agent["sequence"].update(length=4)
-    agent["eval_sequences"] = 2
     # agent stages in one process (the engine's 2-rank path is exercised by the stages above)
     one_rank = {"launcher": "none", "nproc": 1}
     agent["train"].update(steps=4, micro_batch=4, checkpoint_every=2, **one_rank)

@@ -113,35 +113,31 @@ def stage_module(cmd: str) -> str:
     return by_name[subcommand][0]
 
 
-def listed_code(deps: list[str], root: Path = REPO) -> tuple[set[Path], list[str]]:
+def listed_code(deps: list[str]) -> tuple[set[Path], list[str]]:
     """The source files a stage's deps stand for, and the directory deps among them."""
     files: set[Path] = set()
-    folders = []
+    folders = [dep for dep in deps if dep.startswith("src/") and (REPO / dep).is_dir()]
     for dep in deps:
-        path = root / dep
-        if not dep.startswith("src/"):
-            continue
-        if path.is_dir():
-            folders.append(dep)
-            files.update(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
-        else:
-            files.add(path)
+        if dep in folders:
+            files.update(p for p in (REPO / dep).rglob("*.py") if "__pycache__" not in p.parts)
+        elif dep.startswith("src/"):
+            files.add(REPO / dep)
     return files, folders
 
 
-def coverage_problems(dvc_yaml: dict, root: Path = REPO) -> list[str]:
+def coverage_problems(dvc_yaml: dict) -> list[str]:
     """One line per stage dep that is missing (code the stage runs) or extra (code it never
     runs, which would rerun it needlessly; a directory dep must be reached whole)."""
     problems = []
     for name, stage in dvc_yaml["stages"].items():
-        runs = {root / p.relative_to(REPO) for p in closure(stage_module(stage["cmd"]))}
-        listed, folders = listed_code(stage.get("deps", []), root)
+        runs = closure(stage_module(stage["cmd"]))
+        listed, folders = listed_code(stage.get("deps", []))
         for path in sorted(runs - listed):
-            problems.append(f"stage {name}: runs {path.relative_to(root)}, not in its deps")
+            problems.append(f"stage {name}: runs {path.relative_to(REPO)}, not in its deps")
         for path in sorted(listed - runs):
-            where = next((f for f in folders if path.is_relative_to(root / f)), None)
+            where = next((f for f in folders if path.is_relative_to(REPO / f)), None)
             via = f" (through the directory dep {where})" if where else ""
-            problems.append(f"stage {name}: lists {path.relative_to(root)}{via}, never runs it")
+            problems.append(f"stage {name}: lists {path.relative_to(REPO)}{via}, never runs it")
     return problems
 
 

@@ -25,7 +25,7 @@ import yaml
 from dreamer4.cli import main
 from dreamer4.train import checkpoint as ckpt
 from dreamer4.train.config import resolve_precision
-from tests.conftest import REPO, make_episode_dataset
+from tests.conftest import REPO, make_episode_dataset, small_models
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
@@ -46,20 +46,10 @@ def profile(precision: str) -> dict:
         deepspeed_configs=str(REPO / "infra" / "deepspeed"),
     )
     small = {"steps": 2, "micro_batch": 2, "warmup_steps": 1, "checkpoint_every": 2}
-    tokenizer = tiny["train_tokenizer"]
-    tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
-    tokenizer["train"].update(eval_every=0, **small)
-    tokenizer["eval_sequences"] = 2
-    dynamics = tiny["train_dynamics"]
-    dynamics["model"].update(width=16, depth=2, heads=2, time_every=2, registers=1, k_max=8)
-    dynamics["sequence"].update(length=4, long_length=8, long_every=2)
-    dynamics["rollout"].update(sequences=2, context=4, horizon=2)
-    dynamics["train"].update(**small)
-    agent = tiny["finetune_agent"]
-    agent["agent"].update(mtp=2, bins=41)
-    agent["sequence"].update(length=4)
-    agent["eval_sequences"] = 2
-    agent["train"].update(**{**small, "micro_batch": 4})
+    small_models(tiny)
+    tiny["train_tokenizer"]["train"].update(eval_every=0, **small)
+    tiny["train_dynamics"]["train"].update(**small)
+    tiny["finetune_agent"]["train"].update(**{**small, "micro_batch": 4})
     policy = tiny["train_policy"]
     policy["imagination"].update(horizon=2, context=2, context_window=3, steps=2, value_warmup=1)
     policy["train"].update(**small)

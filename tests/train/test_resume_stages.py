@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from dreamer4.train import checkpoint as ckpt
-from tests.conftest import REPO, stage_lines
+from tests.conftest import REPO, small_models, stage_lines
 
 STEPS, EVERY = 9, 3
 
@@ -71,15 +71,10 @@ def params_file(root: Path) -> Path:
     tiny["train"].update(metrics_port=None, deepspeed_configs=str(REPO / "infra" / "deepspeed"))
     assert (tiny["train"]["launcher"], tiny["train"]["nproc"]) == ("torchrun", 2)
     short = {"steps": STEPS, "micro_batch": 2, "warmup_steps": 2, "checkpoint_every": EVERY}
-    tokenizer = tiny["train_tokenizer"]
-    tokenizer["model"].update(width=16, depth=2, decoder_depth=2, heads=2, latents=4, bottleneck=4)
-    tokenizer["train"].update(eval_every=2, **short)  # evaluations between checkpoints too
-    tokenizer["eval_sequences"] = 2
-    dynamics = tiny["train_dynamics"]
-    dynamics["model"].update(width=16, depth=2, heads=2, time_every=2, registers=1, k_max=8)
-    dynamics["sequence"].update(length=4, long_length=8, long_every=2)
-    dynamics["rollout"].update(sequences=2, context=4, horizon=2)
-    dynamics["train"].update(**short)
+    small_models(tiny)
+    # evaluations between checkpoints too
+    tiny["train_tokenizer"]["train"].update(eval_every=2, **short)
+    tiny["train_dynamics"]["train"].update(**short)
     path = root / "params.yaml"
     path.write_text(
         yaml.safe_dump({"profile": "t", "paths": {}, "profiles": {"t": tiny}}, sort_keys=False)
