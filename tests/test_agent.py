@@ -475,7 +475,7 @@ def test_log_prob_skips_only_the_components_without_labels():
 
 
 def test_running_rms_follows_its_decay():
-    from dreamer4.tokenizer import RunningRMS
+    from dreamer4.nn.norm import RunningRMS
 
     norm = RunningRMS(0.9)
     assert norm.count.dtype == torch.long

@@ -44,12 +44,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, overload
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, overload
+
+import pyarrow.parquet as pq
 
 import torch
 from torch import Tensor, nn
 
+from dreamer4.episodes.actions import COMPONENTS
+from dreamer4.files import read_config
 from dreamer4.nn import KVCache, SpaceTimeTransformer, TransformerConfig
+from dreamer4.shortcut import ShortcutConfig
+
+if TYPE_CHECKING:
+    from dreamer4.params import Section
 
 ACTION_KINDS = ("binary", "categorical")
 
@@ -135,6 +144,19 @@ class _HasComponent(Protocol):
 def action_spec(components: Iterable[_HasComponent]) -> tuple[tuple[str, str, int], ...]:
     """`DynamicsConfig.actions` from `episodes.actions` components (e.g. `VPT_SPACE`)."""
     return tuple((c.name, c.kind, c.n) for c in components)
+
+
+def world_model_configs(params: Section, data: Path) -> tuple[DynamicsConfig, ShortcutConfig]:
+    """(DynamicsConfig, ShortcutConfig) of a `train_dynamics` params section for a latents
+    folder: latents and bottleneck from its latents.json, action components from the
+    `action/<name>` columns of its step index; every other field from params."""
+    latents, bottleneck = read_config(data, "latents.json", "dreamer4 encode")["shape"]
+    columns = pq.read_schema(Path(data) / "steps.parquet").names
+    components = [COMPONENTS[c.removeprefix("action/")] for c in columns if c.startswith("action/")]
+    derived = {"latents": latents, "bottleneck": bottleneck, "actions": action_spec(components)}
+    return params.sub("model").config(DynamicsConfig, derived), params.sub("shortcut").config(
+        ShortcutConfig
+    )
 
 
 def pack_latents(z: Tensor, pack: int) -> Tensor:

@@ -1,11 +1,17 @@
-"""Atomic file output: readers never see a half-written file, and no temp file survives."""
+"""Stage files: atomic output (readers never see a half-written file or folder, and no temp
+file survives) and the JSON files stages hand on."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from dreamer4.errors import StageError
 
@@ -33,8 +39,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def content_hash(path: Path) -> str:
     """sha256 of a file's bytes (a training job's upstream weights belong to its identity)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -45,10 +49,34 @@ def content_hash(path: Path) -> str:
 def swap_in_folder(tmp: Path, out: Path, marker: str, kind: str) -> None:
     """Replace `out` by the finished folder `tmp` (same parent): an existing `out` must hold
     `marker`, so a stage never deletes a folder it did not write."""
-    import shutil
-
     if out.exists():
         if not (out / marker).is_file():
             raise StageError(f"{out}: exists and is not {kind}; not replacing it")
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+@contextmanager
+def staged_folder(out: Path, marker: str, kind: str) -> Iterator[Path]:
+    """A fresh folder beside `out` to write into; on success it replaces `out` whole
+    (`swap_in_folder`: an existing `out` must hold `marker`), on failure it is removed and `out`
+    stays as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        swap_in_folder(tmp, out, marker, kind)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_config(
+    folder: Path, name: str = "config.json", producer: str = "its stage"
+) -> dict[str, Any]:
+    """The JSON file `name` of a stage output (a model's config.json, a dataset's
+    dataset.json, ...); missing, it is an error naming the file and the stage that writes it."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run {producer} first)")
+    return json.loads(path.read_text())

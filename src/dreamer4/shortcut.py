@@ -50,7 +50,7 @@ Choices the paper leaves open (fields of `ShortcutConfig`, defaults and why):
 - `tau_clamp = 1e-4`: 1 − τ is clamped to at least this before dividing. On the training grid
   1 − τ ≥ d_min anyway (τ ≤ 1 − d, τ + d/2 ≤ 1 − d/2), so the clamp only guards odd inputs.
 - `rms_decay = 0.99`: decay of the running RMS that normalises each loss term (§3, same
-  estimator as the tokenizer's, `tokenizer.RunningRMS`).
+  estimator as the tokenizer's, `nn.norm.RunningRMS`).
 
 Other decisions:
 
@@ -68,13 +68,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from dreamer4.dynamics import Dynamics
-from dreamer4.tokenizer import RunningRMS
+from dreamer4.nn.norm import RunningRMS
+
+if TYPE_CHECKING:  # annotations only: dynamics.py imports this module's ShortcutConfig
+    from dreamer4.dynamics import Dynamics
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamer4.nn import KVCache, SpaceTimeTransformer, TransformerConfig, group_mask
+from dreamer4.nn.norm import RunningRMS
 
 
 @dataclass(frozen=True)
@@ -64,27 +65,6 @@ class TokenizerConfig:
             time_every=self.time_every,
             softcap=self.softcap,
         )
-
-
-class RunningRMS(nn.Module):
-    """Divides a loss term by a running estimate of its RMS (no gradient through the estimate)."""
-
-    def __init__(self, decay: float) -> None:
-        super().__init__()
-        self.decay = decay
-        self.register_buffer("mean_square", torch.zeros(()))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-    def forward(self, term: Tensor) -> Tensor:
-        if self.training:
-            with torch.no_grad():
-                value = term.detach().float() ** 2
-                if self.count == 0:
-                    self.mean_square.copy_(value)
-                else:
-                    self.mean_square.lerp_(value, 1 - self.decay)
-                self.count += 1
-        return term / self.mean_square.clamp(min=1e-12).sqrt()
 
 
 class Tokenizer(nn.Module):

@@ -30,7 +30,7 @@ STEPS, EVERY = 9, 3
 
 
 def test_each_rank_checkpoints_its_own_persistent_buffers(tmp_path: Path) -> None:
-    from dreamer4.tokenizer import RunningRMS
+    from dreamer4.nn.norm import RunningRMS
 
     module = torch.nn.Module()
     module.norm = RunningRMS(0.9)

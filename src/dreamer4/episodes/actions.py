@@ -118,6 +118,7 @@ VPT_SPACE: tuple[Component, ...] = (
     *(Component(b, "binary") for b in VPT_BUTTONS),
     Component("camera", "categorical", CAMERA_BINS * CAMERA_BINS),
 )
+COMPONENTS: dict[str, Component] = {c.name: c for c in (*CRAFTER_SPACE, *VPT_SPACE)}
 
 
 def camera_to_bins(degrees: np.ndarray) -> np.ndarray:

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dreamer4.episodes.actions import CRAFTER_SPACE, VPT_SPACE, Component
+from dreamer4.episodes.actions import COMPONENTS
 from dreamer4.episodes.episode import Episode
-
-COMPONENTS: dict[str, Component] = {c.name: c for c in (*CRAFTER_SPACE, *VPT_SPACE)}
 
 
 def split_of(episode_id: str, eval_fraction: float) -> str:

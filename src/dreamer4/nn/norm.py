@@ -1,4 +1,5 @@
-"""RMSNorm: the pre-norm of every block, the final norm, and QKNorm on attention heads."""
+"""RMSNorm (the pre-norm of every block, the final norm, QKNorm on attention heads) and
+RunningRMS (every loss term of the paper divided by a running estimate of its RMS)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,24 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
         return y.to(x.dtype)
+
+
+class RunningRMS(nn.Module):
+    """Divides a loss term by a running estimate of its RMS (no gradient through the estimate)."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("mean_square", torch.zeros(()))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, term: Tensor) -> Tensor:
+        if self.training:
+            with torch.no_grad():
+                value = term.detach().float() ** 2
+                if self.count == 0:
+                    self.mean_square.copy_(value)
+                else:
+                    self.mean_square.lerp_(value, 1 - self.decay)
+                self.count += 1
+        return term / self.mean_square.clamp(min=1e-12).sqrt()

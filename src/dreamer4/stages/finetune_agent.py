@@ -265,10 +265,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from dreamer4.agent import AgentConfig
-    from dreamer4.dynamics import DynamicsConfig
+    from dreamer4.dynamics import DynamicsConfig, world_model_configs
     from dreamer4.params import known_keys
     from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.stages.train_dynamics import world_model_configs
     from dreamer4.train.engine import StageSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 

@@ -28,7 +28,6 @@ Dagster metadata.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -249,37 +248,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", default=None, help="episode dataset (real frames for rollouts)")
 
 
-def world_model_configs(own: dict[str, Any], data: Path) -> tuple[Any, Any]:
-    """(DynamicsConfig, ShortcutConfig) of `profiles.<p>.train_dynamics` for a latents folder:
-    latents and bottleneck from its latents.json, action components from its step index."""
-    import pandas as pd
-
-    from dreamer4.dynamics import DynamicsConfig, action_spec
-    from dreamer4.episodes.dataset import COMPONENTS
-    from dreamer4.shortcut import ShortcutConfig
-
-    meta = data / "latents.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: not a latents folder (run `dreamer4 encode` first)")
-    latents, bottleneck = json.loads(meta.read_text())["shape"]
-    columns = pd.read_parquet(data / "steps.parquet").columns
-    components = [COMPONENTS[c.removeprefix("action/")] for c in columns if c.startswith("action/")]
-    model = known_keys(DynamicsConfig, dict(own.get("model", {})), "train_dynamics.model")
-    model_cfg = DynamicsConfig(
-        **{
-            **model,
-            "latents": latents,
-            "bottleneck": bottleneck,
-            "actions": action_spec(components),
-        }
-    )
-    shortcut = ShortcutConfig(
-        **known_keys(ShortcutConfig, own.get("shortcut", {}), "train_dynamics.shortcut")
-    )
-    return model_cfg, shortcut
-
-
 def run(args: argparse.Namespace) -> int:
+    from dreamer4.dynamics import world_model_configs
     from dreamer4.train.engine import StageSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dreamer4.files import atomic_path, atomic_write_text
+from dreamer4.files import atomic_path, atomic_write_text, read_config
 
 WEIGHTS, EMA_WEIGHTS, CONFIG = "model.safetensors", "model_ema.safetensors", "config.json"
 
@@ -155,12 +155,10 @@ def export(
 def load_exported(out: Path, ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights (EMA by default) and config of a stage output; no pickle involved."""
     out = Path(out)
-    for name in (EMA_WEIGHTS if ema else WEIGHTS, CONFIG):
-        if not (out / name).is_file():
-            raise FileNotFoundError(f"{out / name}: missing (was the training stage run?)")
-    return load_file(out / (EMA_WEIGHTS if ema else WEIGHTS)), json.loads(
-        (out / CONFIG).read_text()
-    )
+    weights = out / (EMA_WEIGHTS if ema else WEIGHTS)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing (run its training stage first)")
+    return load_file(weights), read_config(out)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

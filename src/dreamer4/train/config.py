@@ -1,7 +1,8 @@
 """Training-engine settings from params.yaml, and the DeepSpeed config built from them.
 
-Every training stage reads `profiles.<profile>.train` (engine defaults shared by the profile)
-merged with the `train:` block of its own stage section, so a stage overrides only what differs.
+Every training stage reads the profile's `train` section (the engine settings every stage shares)
+merged with the `train:` block of its own stage section, so a stage overrides only what differs;
+every field comes from params.yaml (the defaults below serve direct use, e.g. tests).
 The ZeRO-stage specifics live in `infra/deepspeed/zero<N>.json`; this module fills in what
 comes from params (batch, optimizer, schedule, clipping, precision).
 """
@@ -55,33 +56,71 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.zero_stage not in (0, 1, 2, 3):
-            problems.append(f"zero_stage must be 0-3, not {self.zero_stage}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.launcher not in LAUNCHERS:
-            problems.append(f"launcher must be one of {LAUNCHERS}, not {self.launcher!r}")
+        if problems := self.problems(vars(self)):
+            raise ParamsError(
+                "train settings: " + "; ".join(f"{k} {rule}" for k, rule in problems.items())
+            )
+
+    @staticmethod
+    def problems(values: dict[str, Any]) -> dict[str, str]:
+        """Field → the rule its value breaks (values from params, checked before any rank starts:
+        a negative lr must not surface as a traceback from every rank)."""
+        rules: dict[str, tuple[Any, str]] = {
+            "zero_stage": (lambda v: v in (0, 1, 2, 3), "must be 0-3"),
+            "precision": (lambda v: v in PRECISIONS, f"must be one of {PRECISIONS}"),
+            "launcher": (lambda v: v in LAUNCHERS, f"must be one of {LAUNCHERS}"),
+            "lr": (lambda v: v > 0, "must be > 0"),
+            "min_lr_ratio": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+            "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+            "eps": (lambda v: v > 0, "must be > 0"),
+            "grad_clip": (lambda v: v > 0, "must be > 0"),
+            "ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+            "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be 2 in [0, 1)"),
+        }
         for name in ("steps", "micro_batch", "grad_accum", "nproc", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1")
-        if problems:
-            raise ParamsError("train settings: " + "; ".join(problems))
+            rules[name] = (lambda v: int(v) == v and v >= 1, "must be an integer >= 1")
+        for name in ("warmup_steps", "eval_every", "data_workers"):
+            rules[name] = (lambda v: int(v) == v and v >= 0, "must be an integer >= 0")
+        for name in ("keep_checkpoints", "log_every"):
+            rules[name] = (lambda v: int(v) == v and v >= 1, "must be an integer >= 1")
+        out = {}
+        for name, (ok, rule) in rules.items():
+            if name not in values:
+                continue
+            try:
+                good = bool(ok(values[name]))
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                out[name] = f"= {values[name]!r}: {rule}"
+        return out
 
     @classmethod
-    def from_params(cls, *sections: dict[str, Any] | None, **overrides: Any) -> TrainConfig:
-        """Merge params sections left to right, then non-None overrides (command-line options)."""
+    def from_params(cls, *sections: Any, complete: bool = False, **overrides: Any) -> TrainConfig:
+        """Merge params sections left to right (a `params.Section` names its keys in errors),
+        then non-None overrides (command-line options). `complete`: every field must be given
+        (a stage's settings come from params.yaml alone, not from the defaults here)."""
         known = {f.name for f in dataclasses.fields(cls)}
         merged: dict[str, Any] = {}
-        for sec in (*sections, {k: v for k, v in overrides.items() if v is not None}):
+        origin: dict[str, str] = {}
+        cli = {k: v for k, v in overrides.items() if v is not None}
+        for sec in (*sections, cli):
+            where = getattr(sec, "where", "command line")
+            source = getattr(sec, "source", "params")
             for key, value in (sec or {}).items():
                 if key not in known:
                     raise ParamsError(
-                        f"train settings: unknown key {key!r} (known: {sorted(known)})"
+                        f"{source}: {where}.{key}: unknown train setting (known: {sorted(known)})"
                     )
                 merged[key] = value
+                origin[key] = f"{source}: {where}.{key}" if sec is not cli else f"--{key}"
+        if complete and (missing := sorted(known - set(merged))):
+            where = getattr(sections[0], "where", "train") if sections else "train"
+            raise ParamsError(f"train settings: {where}: missing keys {missing}")
         if "betas" in merged:
             merged["betas"] = tuple(merged["betas"])
+        if problems := cls.problems(merged):
+            raise ParamsError("; ".join(f"{origin[k]} {rule}" for k, rule in problems.items()))
         return cls(**merged)
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,14 +27,18 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from dreamer4.errors import StageError
+from dreamer4.params import Settings
 from dreamer4.train import checkpoint as ckpt
+from dreamer4.files import read_config
 from dreamer4.train.config import TrainConfig, deepspeed_config, resolve_precision
+from dreamer4.train.ema import Ema
 from dreamer4.train.launch import die_with_parent, in_worker, relaunch, single_process_env
 from dreamer4.train.metrics import Exporter, History
 from dreamer4.train.sequences import SequenceSpec, sequence_loader
@@ -53,31 +57,62 @@ OPERATIONAL = (
 )
 
 
-class Job(Protocol):
-    """What a training stage provides; the engine does the rest."""
+class Job:
+    """What a training stage provides; the engine does the rest. A job sets `stage` (its
+    dvc.yaml stage name, also the checkpoint and metrics folder name) and `spec` (the sequences
+    it reads) and implements `config`, `build_model`, `loss` and `tokens`."""
 
-    stage: str  # dvc.yaml stage name, also the checkpoint and metrics folder name
+    stage: str
     spec: SequenceSpec
+    evaluate_with_ema = False  # `evaluate` with the EMA weights (what the sampler uses)
 
     def config(self) -> dict[str, Any]:
         """Model and loss settings: saved beside the weights and part of the fingerprint."""
+        raise NotImplementedError
 
-    def build_model(self) -> nn.Module: ...
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss terms for one micro-batch; key `loss` is what is minimised."""
+        raise NotImplementedError
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Model tokens in one micro-batch (for tokens/s)."""
+        raise NotImplementedError
 
-    # Optional: `param_groups(model, cfg) -> [torch param groups]` for a job whose parts learn
-    # at their own rates (a group's `lr` is its peak; the schedule scales every group alike);
-    # default `decay_groups` (weight decay on matrices only).
-    # Optional: `evaluate(model, final) -> {metric name: value}`, called on every rank (ZeRO-3
-    # needs them all) every `eval_every` steps and at the end, in eval mode without gradients,
-    # with the EMA weights if the job sets `evaluate_with_ema = True`.
-    # Names say what they are (`tokenizer/psnr_heldout`); they go to the DVC plot and metrics
-    # and to Prometheus. With `final` the job may also write its artifacts (rank 0).
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+        """Torch param groups (a group's `lr` is its peak; the schedule scales every group
+        alike): weight decay on matrices only, unless a job's parts learn at their own rates."""
+        return decay_groups(model, cfg.weight_decay)
+
+    def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
+        """Held-out metrics {name: value}, called on every rank (ZeRO-3 needs them all) every
+        `eval_every` steps and at the end, in eval mode without gradients. Names say what they
+        are (`tokenizer/psnr_heldout`); they go to the DVC plot and metrics and to Prometheus.
+        With `final` the job may also write its artifacts (on rank 0, see `is_rank0`)."""
+        return {}
+
+
+def is_rank0() -> bool:
+    """Rank 0 of a distributed job, or a process that is not part of one."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def draw_generator(model: nn.Module) -> torch.Generator:
+    """A CPU generator seeded by the model's `draws` counter (then incremented): what every rank
+    draws from it is the same, which ZeRO-3 needs where the draws decide how many forward
+    passes run (each gathers parameters collectively). The counter is a buffer, so it is
+    checkpointed and a resumed job goes on drawing where it stopped. See `add_draws`."""
+    gen = torch.Generator().manual_seed(int(model.draws))
+    model.draws += 1
+    return gen
+
+
+def add_draws(model: nn.Module) -> nn.Module:
+    """Register the `draws` counter of `draw_generator` on `model`."""
+    model.register_buffer("draws", torch.zeros((), dtype=torch.long))
+    return model
 
 
 # Per-window speed figures: in the DVC plot and Prometheus, not in the final DVC metrics.
@@ -119,57 +154,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="discard this job's checkpoints first")
 
 
-@dataclass(frozen=True)
-class StageSettings:
-    """What a training stage reads from params.yaml (all empty when there is no params file)."""
-
-    engine: dict[str, Any]  # profiles.<profile>.train
-    own: dict[str, Any]  # profiles.<profile>.<stage> (its `train:` block overrides `engine`)
-    paths: dict[str, Any]
+class TrainSettings(Settings):
+    """A training stage's settings: the profile's `train` section under the stage's own `train:`
+    block (stage `train` alone: the engine's reference job), then command-line options."""
 
     @classmethod
-    def load(cls, args: argparse.Namespace, stage: str | None) -> StageSettings:
-        from dreamer4.params import section
-
-        params = Path(args.params)
-        if not params.is_file():
-            return cls({}, {}, {})
-        engine = section(params, args.profile, "train")
-        own = section(params, args.profile, stage) if stage else {}
-        paths = engine.pop("paths")
-        own.pop("paths", None)
-        return cls(engine, own, paths)
+    def load(cls, args: argparse.Namespace, stage: str | None) -> TrainSettings:
+        return super().load(args, stage or "train")
 
     def config(self, args: argparse.Namespace) -> TrainConfig:
-        return train_config(args, self.engine, self.own.get("train"))
+        own = self.own.sub("train") if self.stage != "train" else None
+        return TrainConfig.from_params(
+            self.section("train"),
+            own,
+            complete=True,
+            steps=args.steps,
+            launcher=args.launcher,
+            nproc=args.nproc,
+            zero_stage=args.zero_stage,
+            metrics_port=args.metrics_port,
+            checkpoint_every=args.checkpoint_every,
+        )
 
     def dataset(self, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         """The episode dataset folder and its dataset.json."""
-        data = Path(args.data or self.paths.get("episodes", "data/episodes"))
-        meta = data / "dataset.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: not an episode dataset (run `dreamer4 ingest` first)")
-        return data, json.loads(meta.read_text())
+        data = self.path("episodes", args.data)
+        return data, read_config(data, "dataset.json", "dreamer4 ingest")
 
-    def job_paths(self, args: argparse.Namespace, data: Path, stage: str, out: str) -> Paths:
+    def job_paths(self, args: argparse.Namespace, data: Path, stage: str, out: Any) -> Paths:
         return Paths(
             data=data,
             out=Path(args.out or out),
             metrics=Path(args.metrics or f"metrics/{stage}"),
-            checkpoints=Path(args.checkpoints or self.paths.get("checkpoints", "checkpoints")),
+            checkpoints=self.path("checkpoints", args.checkpoints),
         )
 
 
-def train_config(args: argparse.Namespace, *sections: dict[str, Any] | None) -> TrainConfig:
-    return TrainConfig.from_params(
-        *sections,
-        steps=args.steps,
-        launcher=args.launcher,
-        nproc=args.nproc,
-        zero_stage=args.zero_stage,
-        metrics_port=args.metrics_port,
-        checkpoint_every=args.checkpoint_every,
-    )
+StageSettings = TrainSettings  # the name the training stages use
 
 
 def fingerprint(job: Job, cfg: TrainConfig, data: Path) -> str:
@@ -272,16 +293,10 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.precision)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=(
-                job.param_groups(model, cfg)
-                if hasattr(job, "param_groups")
-                else decay_groups(model, cfg.weight_decay)
-            ),
+            model_parameters=job.param_groups(model, cfg),
             config=self.ds_config,
         )
         self.zero3 = cfg.zero_stage == 3
-        from dreamer4.train.ema import Ema
-
         self.ema = Ema(self.engine.module, cfg.ema_decay, self.zero3)
         self.step, self.position = 0, 0
         self.loader_iter = None
@@ -349,8 +364,6 @@ class Trainer:
         return self.cfg.micro_batch * self.cfg.grad_accum * self.world
 
     def run(self, announce: bool) -> int:
-        from tqdm import tqdm
-
         self.resume()
         if announce and self.rank == 0 and self.step:
             print(f"resumed from step {self.step}", flush=True)
@@ -433,19 +446,13 @@ class Trainer:
 
     def _eval_due(self) -> bool:
         every = self.cfg.eval_every
-        return hasattr(self.job, "evaluate") and (
-            self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
-        )
+        return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
 
     def _evaluate(self) -> dict[str, float]:
         """The job's held-out metrics (all ranks call it; rank 0's values are recorded)."""
-        if not hasattr(self.job, "evaluate"):
-            return {}
         module = self.engine.module
         module.eval()
-        weights = (
-            self.ema.applied() if getattr(self.job, "evaluate_with_ema", False) else nullcontext()
-        )
+        weights = self.ema.applied() if self.job.evaluate_with_ema else nullcontext()
         try:
             with torch.no_grad(), self._autocast(), weights:
                 return {
