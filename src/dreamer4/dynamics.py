@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, overload
 
 import pyarrow.parquet as pq
-
 import torch
 from torch import Tensor, nn
 

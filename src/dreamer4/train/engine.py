@@ -34,9 +34,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dreamer4.errors import StageError
+from dreamer4.files import read_config
 from dreamer4.params import Settings
 from dreamer4.train import checkpoint as ckpt
-from dreamer4.files import read_config
 from dreamer4.train.config import TrainConfig, deepspeed_config, resolve_precision
 from dreamer4.train.ema import Ema
 from dreamer4.train.launch import die_with_parent, in_worker, relaunch, single_process_env
