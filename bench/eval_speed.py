@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from dreamer4.agent import Agent, AgentConfig
 from dreamer4.dynamics import DynamicsConfig
 from dreamer4.envs.crafter_env import make_env, reseed
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
 from dreamer4.eval.agent_player import AgentPlayer
+from dreamer4.params import load_profile
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (a worker uses 1)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    params = yaml.safe_load(Path("params.yaml").read_text())["profiles"][args.profile]
+    params = load_profile(Path("params.yaml"), args.profile)
     res = params["ingest"]["resolution"]
     tok_model = {k: v for k, v in params["train_tokenizer"]["model"].items() if k != "lpips_net"}
     tok_cfg = TokenizerConfig(resolution=res, **tok_model)

@@ -97,19 +97,15 @@ def shrink(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_setup(name: str, smoke: bool, params: Path = Path("params.yaml")) -> Setup:
-    import yaml
 
     from dreamer4.dynamics import DynamicsConfig, action_spec
     from dreamer4.episodes.actions import CRAFTER_SPACE, VPT_SPACE
-    from dreamer4.params import known_keys
+    from dreamer4.params import known_keys, load_profile
     from dreamer4.shortcut import ShortcutConfig
     from dreamer4.tokenizer import TokenizerConfig
     from dreamer4.train.config import TrainConfig
 
-    profiles = yaml.safe_load(params.read_text()).get("profiles", {})
-    if name not in profiles:
-        raise ValueError(f"{params} has no profiles.{name}")
-    prof = profiles[name]
+    prof = load_profile(params, name)
     own, tok_model = prof["train_dynamics"], dict(prof["train_tokenizer"]["model"])
     dyn_model = dict(own["model"])
     if smoke:  # k_max 16: the K=k_max rollout in seconds on a CPU

@@ -16,13 +16,13 @@ import argparse
 from pathlib import Path
 
 import torch
-import yaml
 from world_model_speed import timed  # bench/ is the script's folder, on sys.path
 
 from dreamer4.agent import Agent, AgentConfig, policy_module
 from dreamer4.dynamics import DynamicsConfig
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
 from dreamer4.imagination import imagine
+from dreamer4.params import load_profile
 from dreamer4.stages.train_policy import ImaginationConfig, policy_terms
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())["profiles"][args.profile]
+    params = load_profile(Path("params.yaml"), args.profile)
     dyn = DynamicsConfig(
         **params["train_dynamics"]["model"], latents=args.latents[0], bottleneck=args.latents[1]
     )

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from dreamer4.dynamics import Dynamics, DynamicsConfig
+from dreamer4.params import load_profile
 from dreamer4.shortcut import generate, generate_without_cache
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--kv-batch", type=int, nargs="+", default=[1], help="KV cache test batches")
     args = p.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())["profiles"][args.profile]
+    params = load_profile(Path("params.yaml"), args.profile)
     model_params = params["train_dynamics"]["model"]
     cfg = DynamicsConfig(**model_params, latents=args.latents[0], bottleneck=args.latents[1])
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -109,6 +109,16 @@ def tmp_raw(tmp_path: Path) -> Path:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def full_profile(name: str = "tiny") -> dict:
+    """A profile of the repository's params.yaml merged over its defaults: every key present,
+    so a test can change any of them and write it out as a profile of its own."""
+    from dreamer4.params import load_profile
+
+    profile = load_profile(REPO / "params.yaml", name)
+    del profile["paths"], profile["profile"]
+    return profile
+
+
 def small_models(tiny: dict) -> dict:
     """The `tiny` profile's models and evaluations shrunk to test size, in place (widths 16, two
     layers, 4-frame windows, 2 evaluation sequences); how long each stage trains stays the
@@ -140,7 +150,7 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
     for folder in ("src", "infra", "inbox"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    tiny = params["profiles"]["tiny"]
+    tiny = params["profiles"]["tiny"] = full_profile("tiny")
     tiny["collect"].update(episodes=episodes, max_steps=max_steps, workers=2)
     # Training stages: a few steps of a small model, still 2 ranks through torchrun, no fixed port.
     tiny["train"].update(metrics_port=None)

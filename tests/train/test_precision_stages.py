@@ -25,7 +25,7 @@ import yaml
 from dreamer4.cli import main
 from dreamer4.train import checkpoint as ckpt
 from dreamer4.train.config import resolve_precision
-from tests.conftest import REPO, make_episode_dataset, small_models
+from tests.conftest import REPO, full_profile, make_episode_dataset, small_models
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
@@ -33,7 +33,7 @@ PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 def profile(precision: str) -> dict:
     """The repository's `tiny` profile, shrunk to a width-16 depth-2 model and 2 steps on one
     rank, with `precision`."""
-    tiny = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["tiny"]
+    tiny = full_profile("tiny")
     tiny["train"].update(
         precision=precision,
         launcher="none",

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from dreamer4.train import checkpoint as ckpt
-from tests.conftest import REPO, small_models, stage_lines
+from tests.conftest import REPO, full_profile, small_models, stage_lines
 
 STEPS, EVERY = 9, 3
 
@@ -67,7 +67,7 @@ def test_micro_step_draws_ignore_what_drew_from_the_global_rng_before() -> None:
 
 def params_file(root: Path) -> Path:
     """The repository's `tiny` profile with small models, 2 torchrun ranks, a short run."""
-    tiny = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["tiny"]
+    tiny = full_profile("tiny")
     tiny["train"].update(metrics_port=None, deepspeed_configs=str(REPO / "infra" / "deepspeed"))
     assert (tiny["train"]["launcher"], tiny["train"]["nproc"]) == ("torchrun", 2)
     short = {"steps": STEPS, "micro_batch": 2, "warmup_steps": 2, "checkpoint_every": EVERY}

@@ -41,6 +41,7 @@ from typing import Any
 from dreamer4.errors import StageError
 from dreamer4.files import content_hash
 from dreamer4.stages.train_dynamics import as_float32
+from dreamer4.train.engine import Job
 
 
 def task_vocabulary(data: Path) -> tuple[str, ...]:
@@ -54,7 +55,7 @@ def task_vocabulary(data: Path) -> tuple[str, ...]:
     return tasks
 
 
-class AgentJob:
+class AgentJob(Job):
     evaluate_with_ema = True
 
     def __init__(

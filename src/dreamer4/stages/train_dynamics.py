@@ -34,11 +34,12 @@ from typing import Any
 
 from dreamer4.errors import StageError
 from dreamer4.params import known_keys
+from dreamer4.train.engine import Job
 
 ROLLOUT_TSV, ROLLOUT_GIF = "rollout.tsv", "rollout.gif"
 
 
-class WorldModelJob:
+class WorldModelJob(Job):
     stage = "train_dynamics"
     evaluate_with_ema = True
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from dreamer4.errors import StageError
 from dreamer4.files import content_hash
+from dreamer4.train.engine import Job
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def policy_terms(
     }
 
 
-class PolicyJob:
+class PolicyJob(Job):
     stage = "train_policy"
 
     def __init__(

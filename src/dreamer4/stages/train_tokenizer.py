@@ -18,12 +18,13 @@ from typing import Any
 
 from dreamer4.errors import StageError
 from dreamer4.params import ParamsError
+from dreamer4.train.engine import Job
 
 GRID = "reconstructions.png"
 WORLD_ROWS = 7 / 9  # Crafter draws the world in the top 7 of 9 unit rows, the inventory below
 
 
-class TokenizerJob:
+class TokenizerJob(Job):
     stage = "train_tokenizer"
 
     def __init__(

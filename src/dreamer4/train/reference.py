@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dreamer4.train.engine import Job
 from dreamer4.train.sequences import SequenceSpec
 
 
@@ -58,7 +59,7 @@ class ReferenceModel(nn.Module):
         return self.head(self.blocks(x))
 
 
-class ReferenceJob:
+class ReferenceJob(Job):
     stage = "train_reference"
 
     def __init__(self, cfg: ReferenceConfig, resolution: int) -> None:
