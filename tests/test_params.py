@@ -33,17 +33,17 @@ def test_merge_is_deep_and_rejects_keys_the_defaults_lack() -> None:
 def test_every_profile_merges_and_lists_only_what_it_changes() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     defaults = params["defaults"]
+
+    def check(over: dict, base: dict, where: str) -> None:
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                check(value, base[key], f"{where}.{key}")
+            elif key in base:
+                assert value != base[key], f"{where}.{key} repeats the default"
+
     for name, overlay in params["profiles"].items():
         full_profile(name)  # merges without error
-
-        def check(over: dict, base: dict, where: str) -> None:
-            for key, value in over.items():
-                if isinstance(value, dict) and isinstance(base.get(key), dict):
-                    check(value, base[key], f"{where}.{key}")
-                elif key in base:
-                    assert value != base[key], f"profiles.{name}{where}.{key} repeats the default"
-
-        check(overlay, defaults, "")
+        check(overlay, defaults, f"profiles.{name}")
     assert full_profile("tiny") == defaults  # tiny: the defaults as they are
 
 
