@@ -119,6 +119,20 @@ def full_profile(name: str = "tiny") -> dict:
     return profile
 
 
+def write_params(path: Path, overlay: dict, paths: dict | None = None) -> Path:
+    """A params file of the repository's defaults and one profile `p`: `overlay`, with an empty
+    block for every stage it leaves alone."""
+    import yaml
+
+    from dreamer4.params import STAGE_SECTIONS
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    profile = {name: {} for name in STAGE_SECTIONS} | overlay
+    params.update(profile="p", paths=paths or {}, profiles={"p": profile})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def small_models(tiny: dict) -> dict:
     """The `tiny` profile's models and evaluations shrunk to test size, in place (widths 16, two
     layers, 4-frame windows, 2 evaluation sequences); how long each stage trains stays the

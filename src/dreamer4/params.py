@@ -180,38 +180,22 @@ class Settings:
 
     @classmethod
     def load(cls, args: Any, stage: str) -> Settings:
-        """`args.params` and `args.profile` from the command line (see `cli.py`)."""
+        """`args.params` and `args.profile` from the command line (see `cli.py`). Without a
+        params file a stage runs on its command-line options alone: every value it reads then
+        has to come from there, and one that does not is an error naming its key."""
+        if not Path(args.params).is_file():
+            return cls({"paths": {}}, stage, f"{args.params} (absent: pass it on the command line)")
         profile = load_profile(Path(args.params), args.profile)
         return cls(profile, stage, f"{args.params} (profile {profile['profile']})")
 
     def section(self, name: str) -> Section:
-        if name not in self.profile:
+        if name not in self.profile and len(self.profile) > 1:
             raise ParamsError(f"{self.source}: no `{name}` section in `defaults`")
-        return Section(self.profile[name], name, self.source)
+        return Section(self.profile.get(name, {}), name, self.source)
 
     def path(self, key: str, flag: Any = None) -> Path:
         """`flag` (a command-line path) if given, else `paths.<key>`."""
         return Path(flag) if flag is not None else Path(self.paths[key])
-
-
-def section(path: Path, profile: str | None, name: str) -> Section:
-    """One stage's merged section of the active profile, with `paths` under key `paths`."""
-    params = load_profile(Path(path), profile)
-    source = f"{path} (profile {params['profile']})"
-    if name not in params:
-        raise ParamsError(f"{source}: no `{name}` section in `defaults`")
-    return Section({**params[name], "paths": params["paths"]}, name, source)
-
-
-def setting(cli_value: Any, params: Mapping[str, Any], key: str, stage: str) -> Any:
-    """An explicit command-line value, else the profile's; neither is an error naming the key."""
-    if cli_value is not None:
-        return cli_value
-    if key in params:
-        return params[key]
-    raise ParamsError(
-        f"{stage}: no value for {key!r}: pass it on the command line or set it in params.yaml"
-    )
 
 
 def known_keys(cls: Any, values: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dreamer4.cli import main
 from dreamer4.errors import StageError
 from dreamer4.stages.finetune_agent import task_vocabulary
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
-from tests.conftest import make_episode_dataset
+from tests.conftest import REPO, make_episode_dataset
 
 
 def test_a_dataset_without_events_has_no_tasks(episode_dataset: Path):
@@ -41,6 +41,7 @@ def test_missing_upstream_outputs_are_named(argv, message, tmp_path: Path, capsy
     monkeypatch.chdir(tmp_path)  # no params.yaml: every path from the command line
     data = make_episode_dataset(tmp_path / "episodes", events={"collect_wood": (5,)})
     (data / "latents.json").write_text('{"shape": [4, 4]}')
-    code = main([a.replace("{data}", str(data)) for a in argv])
+    repo_params = ["--params", str(REPO / "params.yaml")]  # paths from the command line
+    code = main([*(a.replace("{data}", str(data)) for a in argv), *repo_params])
     assert code == 2
     assert message in capsys.readouterr().err

@@ -12,7 +12,7 @@ from dreamer4.cli import main
 from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from dreamer4.stages.collect import collect, episode_plan
-from tests.conftest import vpt_frames
+from tests.conftest import REPO, vpt_frames
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -40,7 +40,7 @@ def test_recording_layout_and_reader(tmp_path: Path, capsys):
         [
             "collect",
             "--params",
-            str(tmp_path / "absent.yaml"),
+            str(REPO / "params.yaml"),
             "--out",
             str(tmp_path),
             "--episodes",
@@ -86,7 +86,7 @@ def test_bad_skill_and_unavailable_env_are_clear_errors(tmp_path: Path, capsys):
     args = [
         "collect",
         "--params",
-        str(tmp_path / "x.yaml"),
+        str(REPO / "params.yaml"),
         "--out",
         str(tmp_path),
         "--episodes",
@@ -123,7 +123,7 @@ def test_import_recordings_copies_episodes_and_leaves_the_source(tmp_path: Path,
         [
             "collect",
             "--params",
-            str(tmp_path / "none.yaml"),
+            str(REPO / "params.yaml"),
             "--source",
             str(source),
             "--out",
@@ -144,5 +144,18 @@ def test_import_recordings_copies_episodes_and_leaves_the_source(tmp_path: Path,
     assert [r.id for r in find_raw_episodes(out)] == ["7.1/seg-0", "7.1/seg-1"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["collect", "--params", "x.yaml", "--source", str(empty), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "collect",
+                "--params",
+                str(REPO / "params.yaml"),
+                "--source",
+                str(empty),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "holds no recordings" in capsys.readouterr().err

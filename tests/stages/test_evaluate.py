@@ -20,6 +20,7 @@ from dreamer4.stages.collect import collect
 from dreamer4.stages.evaluate import AGENTS
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4.train.checkpoint import export
+from tests.conftest import REPO
 from tests.test_agent import small_agent
 
 LABELS = list(AGENTS.values())
@@ -64,6 +65,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _argv(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
         "evaluate",
+        *("--params", str(REPO / "params.yaml")),  # settings from its defaults, paths from here
         *("--tokenizer", str(paths["tokenizer"]), "--agent", str(paths["agent"])),
         *("--bc-agent", str(paths["bc_agent"]), "--policy", str(paths["policy"])),
         *("--raw", str(paths["raw"]), "--max-steps", "12", "--out", str(out)),
@@ -74,7 +76,7 @@ def _argv(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 def test_report_has_every_agent_and_stats_crafter_reads(
     setup, tmp_path, capsys, monkeypatch, chromium
 ):
-    monkeypatch.chdir(tmp_path)  # no params.yaml: every setting from the command line
+    monkeypatch.chdir(tmp_path)  # paths from the command line
     out, metrics = tmp_path / "report", tmp_path / "metrics"
     code = main(
         _argv(setup, out, "--seeds", "500:502", "--workers", "2", "--metrics", str(metrics))

@@ -17,7 +17,7 @@ from dreamer4.episodes.video import write_video
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
 from dreamer4.errors import StageError
 from dreamer4.stages.ingest import ingest
-from tests.conftest import crafter_lines, vpt_frames, write_npz_episode
+from tests.conftest import REPO, crafter_lines, vpt_frames, write_npz_episode, write_params
 
 
 def lines(n: int) -> list[dict]:
@@ -137,7 +137,7 @@ def test_cli_with_explicit_paths_and_no_readable_episode(tmp_raw: Path, tmp_path
         [
             "ingest",
             "--params",
-            str(tmp_path / "none.yaml"),
+            str(REPO / "params.yaml"),
             "--raw",
             str(tmp_raw),
             "--out",
@@ -154,10 +154,8 @@ def test_cli_with_explicit_paths_and_no_readable_episode(tmp_raw: Path, tmp_path
 def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
     make_raw(tmp_raw)
     params = tmp_path / "params.yaml"
-    params.write_text(
-        f"profile: p\npaths: {{raw: {tmp_raw}, episodes: {tmp_path / 'ds'}}}\n"
-        "profiles: {p: {ingest: {resolution: 8, min_length: 4, eval_fraction: 0.0}}}\n"
-    )
+    overlay = {"ingest": {"resolution": 8, "min_length": 4, "eval_fraction": 0.0}}
+    write_params(params, overlay, {"raw": str(tmp_raw), "episodes": str(tmp_path / "ds")})
     assert main(["ingest", "--params", str(params)]) == 0
     assert "3 episodes" in capsys.readouterr().out
     assert load_chunk(tmp_path / "ds", 0).shape[1:] == (8, 8, 3)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dreamer4.params import ParamsError, section, setting
+from dreamer4.params import ParamsError, Settings
 
 _ENV: dict[str, Any] = {}
 
@@ -184,26 +184,27 @@ def import_recordings(
 def run(args: argparse.Namespace) -> int:
     from dreamer4.episodes.readers import find_raw_episodes
 
-    prm = section(args.params, args.profile, "collect")
-    out = Path(setting(args.out, prm["paths"], "raw", "collect"))
-    if args.source is not None or prm.get("env") == "vpt":
-        source = Path(setting(args.source, prm, "source", "collect"))
-        ids = import_recordings(source, out, args.episodes or prm.get("episodes", 0))
+    settings = Settings.load(args, "collect")
+    prm = settings.own
+    out = settings.path("raw", args.out)
+    if args.source is not None or prm["env"] == "vpt":
+        source = Path(prm.check("source", lambda v: v is not None, "a folder", args.source))
+        ids = import_recordings(source, out, prm.count("episodes", args.episodes, low=0))
         print(f"collect: imported {len(ids)} episodes from {source} → {out}")
         return 0
     inbox = Path(args.inbox) if args.inbox else None
     delivered = inbox is not None and inbox.is_dir() and bool(find_raw_episodes(inbox))
     stats = collect(
         out=out,
-        episodes=setting(args.episodes, prm, "episodes", "collect"),
-        seed=setting(args.seed, prm, "seed", "collect"),
-        max_steps=setting(args.max_steps, prm, "max_steps", "collect"),
-        size=setting(args.size, prm, "size", "collect"),
-        workers=args.workers or prm.get("workers", 1),
+        episodes=prm.count("episodes", args.episodes, low=0),
+        seed=prm.count("seed", args.seed, low=0),
+        max_steps=prm.count("max_steps", args.max_steps),
+        size=prm.count("size", args.size),
+        workers=prm.count("workers", args.workers),
         skill=args.skill,
-        skills=prm.get("skills"),
-        weights=prm.get("skill_weights"),
-        env=prm.get("env", "crafter"),
+        skills=prm["skills"],
+        weights=prm["skill_weights"],
+        env=prm["env"],
     )
     steps = sum(s["length"] for s in stats)
     print(f"collect: {len(stats)} episodes, {steps} steps → {out}")

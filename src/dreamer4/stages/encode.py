@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dreamer4.errors import StageError
-from dreamer4.params import section, setting
+from dreamer4.params import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,7 +95,7 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
     from tqdm import tqdm
 
     from dreamer4.episodes.dataset import load_chunk, write_json
-    from dreamer4.files import swap_in_folder
+    from dreamer4.files import staged_folder
     from dreamer4.tokenizer import TokenizerConfig, load_tokenizer
 
     model, config = load_tokenizer(tokenizer_dir)
@@ -113,9 +112,7 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
             f"{data}: frames are {resolution}px, the tokenizer in {tokenizer_dir} "
             f"was trained on {cfg.resolution}px"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, "latents.json", "a latents folder") as tmp:
         (tmp / "latents").mkdir()
         sizes = steps.groupby("frame_chunk")["frame_index"].max() + 1
         chunks = {
@@ -159,23 +156,19 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
             "validation": report.to_dict(),
         }
         write_json(tmp / "latents.json", summary)
-        swap_in_folder(tmp, out, "latents.json", "a latents folder")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    params = section(Path(args.params), args.profile, "encode")
-    paths = params.get("paths", {})
+    settings = Settings.load(args, "encode")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     summary = encode(
-        Path(args.tokenizer or paths.get("tokenizer", "models/tokenizer")),
-        Path(args.data or paths.get("episodes", "data/episodes")),
-        Path(args.out or paths.get("latents", "data/latents")),
-        int(setting(args.batch, params, "batch", "encode")),
+        settings.path("tokenizer", args.tokenizer),
+        settings.path("episodes", args.data),
+        settings.path("latents", args.out),
+        settings.own.count("batch", args.batch),
     )
     print(
         f"encoded {summary['steps']} frames of {summary['episodes']} episodes → "

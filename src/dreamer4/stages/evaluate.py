@@ -402,48 +402,45 @@ def show(out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.params import section
+    from dreamer4.params import Settings
 
-    own = section(Path(args.params), args.profile, "evaluate")
-    paths = own.pop("paths", {})
-    out = Path(args.out or paths.get("report", "reports/eval"))
+    settings = Settings.load(args, "evaluate")
+    own = settings.own
+    out = settings.path("report", args.out)
     if args.show:
         print(show(out))
         return 0
-    if own.get("env", "crafter") != "crafter":
+    if own["env"] != "crafter":
         raise StageError(
             f"{args.params}: evaluate.env {own['env']!r}: only Crafter can be played here "
             "(Minecraft evaluation needs MineRL, the optional `minerl` extra)"
         )
-    agents = args.agents.split(",") if args.agents else list(own.get("agents", AGENTS))
+    agents = args.agents.split(",") if args.agents else list(own["agents"])
     if args.seeds:
         seeds = parse_seeds(args.seeds)
     else:
-        first = int(own.get("first_seed", 1_000_000))
-        seeds = list(range(first, first + int(own.get("episodes", 8))))
-    settings = {
-        "max_steps": args.max_steps or own.get("max_steps", 10000),
-        "size": own.get("size", 64),
-        "workers": args.workers or own.get("workers", 2),
-        "seed": own.get("seed", 0),
-        "clip_steps": own.get("clip_steps", 96),
+        first = own.count("first_seed", low=0)
+        seeds = list(range(first, first + own.count("episodes")))
+    play = {
+        "max_steps": own.count("max_steps", args.max_steps),
+        "size": own.count("size"),
+        "workers": own.count("workers", args.workers),
+        "seed": own.count("seed", low=0),
+        "clip_steps": own.count("clip_steps", low=0),
     }
-
-    def folder(flag: str | None, key: str, default: str) -> Path:
-        return Path(flag or paths.get(key, default))
-
+    path = settings.path
     folders: dict[str, Path | None] = {
-        "tokenizer": folder(args.tokenizer, "tokenizer", "models/tokenizer"),
-        "wm_bc": folder(args.agent, "agent", "models/agent"),
-        "bc": folder(args.bc_agent, "bc_agent", "models/bc_agent"),
-        "dreamer4": folder(args.policy, "policy", "models/policy"),
-        "raw": folder(args.raw, "raw", "data/raw"),
-        "imagination": folder(args.imagination, "imagination", "data/imagination"),
+        "tokenizer": path("tokenizer", args.tokenizer),
+        "wm_bc": path("agent", args.agent),
+        "bc": path("bc_agent", args.bc_agent),
+        "dreamer4": path("policy", args.policy),
+        "raw": path("raw", args.raw),
+        "imagination": path("imagination", args.imagination),
     }
     # A standalone run (--out without --metrics) evaluates a policy from elsewhere: this
     # repository's training curves and world-model numbers are not about it, so they stay out.
     pipeline = args.metrics is not None or args.out is None
     metrics = Path(args.metrics or "metrics/evaluate") if pipeline else None
-    evaluate(agents, folders, seeds, settings, out, metrics, Path("metrics") if pipeline else None)
+    evaluate(agents, folders, seeds, play, out, metrics, Path("metrics") if pipeline else None)
     print(show(out))
     return 0

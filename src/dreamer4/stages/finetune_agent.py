@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from dreamer4.errors import StageError
-from dreamer4.files import content_hash
+from dreamer4.files import content_hash, read_config
 from dreamer4.stages.train_dynamics import as_float32
-from dreamer4.train.engine import Job
+from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS
+from dreamer4.train.engine import Job, add_draws, draw_generator
 
 
 def task_vocabulary(data: Path) -> tuple[str, ...]:
@@ -85,14 +86,13 @@ class AgentJob(Job):
             "pretrained": self.world_model is not None,
             # the world model's weights: retrained weights must not resume an old run
             "world_model_sha256": (
-                content_hash(self.world_model / "model_ema.safetensors")
+                content_hash(self.world_model / EMA_WEIGHTS)
                 if self.world_model is not None
                 else None
             ),
         }
 
     def build_model(self) -> Any:
-        import torch
         from torch import nn
 
         from dreamer4.agent import Agent
@@ -111,8 +111,7 @@ class AgentJob(Job):
         model.norms = nn.ModuleDict(
             {k: RunningRMS(decay) for k in ("flow", "bootstrap", "bc", "reward")}
         )
-        model.register_buffer("draws", torch.zeros((), dtype=torch.long))
-        return model
+        return add_draws(model)
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -127,8 +126,7 @@ class AgentJob(Job):
         uniform = (~relevant).nonzero().squeeze(1)  # the same count on every rank
         if self.world_model is not None and len(uniform):
             k_max = self.dynamics.k_max
-            gen = torch.Generator().manual_seed(int(model.draws))  # alike on all ranks (ZeRO-3)
-            model.draws += 1
+            gen = draw_generator(model)  # alike on all ranks (ZeRO-3)
             tau, d = sample_tau_d(len(uniform), z1.shape[1], k_max, self.shortcut, gen)
             rows = {k: v[uniform] for k, v in batch.items() if k.startswith("action/")}
             drop = torch.rand(len(uniform), device=z1.device) < self.unlabelled
@@ -263,60 +261,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
     from dreamer4.agent import AgentConfig
     from dreamer4.dynamics import DynamicsConfig, world_model_configs
-    from dreamer4.params import known_keys
     from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.engine import TrainSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 
     stage = "bc_baseline" if args.scratch else "finetune_agent"
-    settings = StageSettings.load(args, "finetune_agent")
-    own, paths = settings.own, settings.paths
-    data = Path(args.data or paths.get("latents", "data/latents"))
+    settings = TrainSettings.load(args, "finetune_agent")
+    own = settings.own
+    data = settings.path("latents", args.data)
     world_model = None
     if args.scratch:
-        dynamics, shortcut = world_model_configs(
-            StageSettings.load(args, "train_dynamics").own, data
-        )
+        dynamics, shortcut = world_model_configs(settings.section("train_dynamics"), data)
     else:
-        world_model = Path(args.world_model or paths.get("world_model", "models/world_model"))
-        config_file = world_model / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file}: missing (run `dreamer4 train-dynamics` first)")
-        trained = json.loads(config_file.read_text())["model"]
+        world_model = settings.path("world_model", args.world_model)
+        trained = read_config(world_model, CONFIG, "dreamer4 train-dynamics")["model"]
         dynamics = DynamicsConfig(**trained["model"])
         shortcut = ShortcutConfig(**trained["shortcut"])
-    agent = AgentConfig(
-        tasks=task_vocabulary(data),
-        **known_keys(AgentConfig, dict(own.get("agent", {})), "finetune_agent.agent"),
-    )
-    seq = known_keys(
-        SequenceSpec, dict(own.get("sequence", {"length": 16})), "finetune_agent.sequence"
-    )
-    spec = SequenceSpec(
-        **{
-            **seq,
+    agent = own.sub("agent").config(AgentConfig, {"tasks": task_vocabulary(data)})
+    spec = own.sub("sequence").config(
+        SequenceSpec,
+        {
+            "split": "train",
             "arrays": ("latents",),
             "actions": True,
             "fields": (),
             "tasks": agent.tasks,
-            "relevant_fraction": float(own.get("relevant_fraction", 0.5)),
-        }
+            "relevant_fraction": own.fraction("relevant_fraction"),
+        },
     )
-    out_default = paths.get("bc_agent" if args.scratch else "agent", f"models/{stage}")
-    job_paths = settings.job_paths(args, data, stage, out_default)
+    out = settings.path("bc_agent" if args.scratch else "agent")
+    job_paths = settings.job_paths(args, data, stage, out)
     job = AgentJob(
         stage,
         dynamics,
         agent,
         shortcut,
         spec,
-        float(own.get("unlabelled_fraction", 0.1)),
+        own.fraction("unlabelled_fraction"),
         world_model,
         data,
-        int(own.get("eval_sequences", 16)),
+        own.count("eval_sequences"),
     )
     return train_stage(args, job, settings.config(args), job_paths)

@@ -25,8 +25,6 @@ Folder (`data/imagination/`, columns in docs/agent.md):
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -201,18 +199,13 @@ def _imagine_dataset(
 def _write(out: Path, table: pd.DataFrame, arrays: np.ndarray, summary: dict, report: Any) -> None:
     """Write the folder next to `out`, then swap it in (a failed run leaves the old one)."""
     from dreamer4.episodes.dataset import write_json
-    from dreamer4.files import swap_in_folder
+    from dreamer4.files import staged_folder
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, "rollouts.parquet", "an imagination dataset") as tmp:
         table.to_parquet(tmp / "rollouts.parquet", index=False)
         np.save(tmp / "latents.npy", arrays)
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "validation.json", report.to_dict())
-        swap_in_folder(tmp, out, "rollouts.parquet", "an imagination dataset")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _preview(path: Path, tokenizer_dir: Path, arrays: np.ndarray, contexts: int) -> None:
@@ -256,20 +249,20 @@ def _metrics(metrics: Path, table: pd.DataFrame, mean_return: dict[str, float]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.params import section
+    from dreamer4.params import Settings
 
-    own = section(Path(args.params), args.profile, "imagine")
-    paths = own.pop("paths", {})
-    out = Path(args.out or paths.get("imagination", "data/imagination"))
+    settings = Settings.load(args, "imagine")
+    own = settings.own
+    out = settings.path("imagination", args.out)
     summary = imagine_dataset(
-        Path(args.policy or paths.get("policy", "models/policy")),
-        Path(args.data or paths.get("latents", "data/latents")),
-        Path(args.tokenizer or paths.get("tokenizer", "models/tokenizer")),
+        settings.path("policy", args.policy),
+        settings.path("latents", args.data),
+        settings.path("tokenizer", args.tokenizer),
         out,
         Path(args.metrics or "metrics/imagine"),
-        int(args.contexts or own.get("contexts", 32)),
-        int(own.get("batch", 16)),
-        int(args.seed if args.seed is not None else own.get("seed", 0)),
+        own.count("contexts", args.contexts),
+        own.count("batch"),
+        own.count("seed", args.seed, low=0),
     )
     before, after = summary["mean_return"]["bc"], summary["mean_return"]["dreamer4"]
     print(

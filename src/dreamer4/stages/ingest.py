@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dreamer4.errors import StageError
-from dreamer4.params import section, setting
+from dreamer4.params import Settings
 
 if TYPE_CHECKING:  # readers pull in PyAV and PIL: import them only when ingest runs
     from dreamer4.episodes.episode import Episode
@@ -149,17 +149,17 @@ def _check_out(raw: Path, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prm = section(args.params, args.profile, "ingest")
-    out = Path(setting(args.out, prm["paths"], "episodes", "ingest"))
-    fraction = args.eval_fraction if args.eval_fraction is not None else prm.get("eval_fraction")
+    settings = Settings.load(args, "ingest")
+    own = settings.own
+    out = settings.path("episodes", args.out)
     summary = ingest(
-        raw=Path(setting(args.raw, prm["paths"], "raw", "ingest")),
+        raw=settings.path("raw", args.raw),
         out=out,
-        resolution=setting(args.resolution, prm, "resolution", "ingest"),
-        chunk_frames=prm.get("chunk_frames", 4096),
-        eval_fraction=0.1 if fraction is None else fraction,
-        min_length=prm.get("min_length", 2),
-        max_length=prm.get("max_length", 1_000_000),
+        resolution=own.count("resolution", args.resolution),
+        chunk_frames=own.count("chunk_frames"),
+        eval_fraction=own.fraction("eval_fraction", args.eval_fraction),
+        min_length=own.count("min_length"),
+        max_length=own.count("max_length"),
     )
     print(
         f"ingest: {summary['episodes']} episodes, {summary['steps']} steps {summary['splits']}, "

@@ -33,10 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from dreamer4.errors import StageError
-from dreamer4.params import known_keys
-from dreamer4.train.engine import Job
+from dreamer4.train.engine import Job, add_draws, draw_generator, is_rank0
 
 ROLLOUT_TSV, ROLLOUT_GIF = "rollout.tsv", "rollout.gif"
+# SequenceSpec fields the stage sets (the rest come from `sequence:` in params)
+SEQUENCE_FROM_DATA = {
+    "split": "train",
+    "arrays": ("latents",),
+    "actions": True,
+    "fields": (),
+    "tasks": (),
+    "relevant_fraction": 0.0,
+}
 
 
 class WorldModelJob(Job):
@@ -75,7 +83,6 @@ class WorldModelJob(Job):
         }
 
     def build_model(self) -> Any:
-        import torch
         from torch import nn
 
         from dreamer4.dynamics import Dynamics
@@ -84,8 +91,7 @@ class WorldModelJob(Job):
         model = nn.Module()
         model.dynamics = Dynamics(self.model_cfg)
         model.norms = loss_norms(self.shortcut.rms_decay)
-        model.register_buffer("draws", torch.zeros((), dtype=torch.long))  # see `loss`
-        return model
+        return add_draws(model)  # (τ, d) alike on all ranks: see `loss`
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -98,8 +104,7 @@ class WorldModelJob(Job):
         # (τ, d) per frame from a generator every rank seeds alike (a checkpointed counter):
         # all ranks then run the same number of bootstrap passes, which ZeRO-3 needs (each
         # forward gathers parameters collectively); noise and data still differ per rank.
-        gen = torch.Generator().manual_seed(int(model.draws))
-        model.draws += 1
+        gen = draw_generator(model)
         tau, d = sample_tau_d(*z1.shape[:2], self.model_cfg.k_max, self.shortcut, gen)
         terms = shortcut_loss(
             model.dynamics,
@@ -191,7 +196,7 @@ class WorldModelJob(Job):
         rows["ssim_copy_last_decoded"] = ssim(held, real)
         # float32: under autocast SSIM's convolutions come out bf16, which numpy cannot hold
         per_step = {k: (v if k == "step" else v.mean(0).float()).cpu() for k, v in rows.items()}
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        if is_rank0():
             self.write_rollouts(per_step, real, shown)
         metrics = {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
         metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
@@ -251,30 +256,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dreamer4.dynamics import world_model_configs
-    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.engine import TrainSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 
-    settings = StageSettings.load(args, WorldModelJob.stage)
-    own, paths = settings.own, settings.paths
-    data = Path(args.data or paths.get("latents", "data/latents"))
+    settings = TrainSettings.load(args, WorldModelJob.stage)
+    own = settings.own
+    data = settings.path("latents", args.data)
     model_cfg, shortcut = world_model_configs(own, data)
-    seq = known_keys(
-        SequenceSpec, dict(own.get("sequence", {"length": 8})), "train_dynamics.sequence"
-    )
-    spec = SequenceSpec(**{**seq, "arrays": ("latents",), "actions": True, "fields": ()})
-    rollout = {"sequences": 8, "context": 8, "horizon": 8, **own.get("rollout", {})}
-    job_paths = settings.job_paths(
-        args, data, WorldModelJob.stage, paths.get("world_model", "models/world_model")
-    )
+    spec = own.sub("sequence").config(SequenceSpec, SEQUENCE_FROM_DATA)
+    rollout = own.sub("rollout")
+    rollout = {k: rollout.count(k) for k in ("sequences", "context", "horizon")}
+    job_paths = settings.job_paths(args, data, WorldModelJob.stage, settings.path("world_model"))
     job = WorldModelJob(
         model_cfg,
         shortcut,
         spec,
-        float(own.get("unlabelled_fraction", 0.1)),
+        own.fraction("unlabelled_fraction"),
         rollout,
         data,
-        Path(args.episodes or paths.get("episodes", "data/episodes")),
-        Path(args.tokenizer or paths.get("tokenizer", "models/tokenizer")),
+        settings.path("episodes", args.episodes),
+        settings.path("tokenizer", args.tokenizer),
         job_paths.metrics,
     )
     return train_stage(args, job, settings.config(args), job_paths)

@@ -25,13 +25,13 @@ training curve `loss/return` (mean imagined return of each batch's rollouts) in 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dreamer4.errors import StageError
-from dreamer4.files import content_hash
+from dreamer4.files import content_hash, read_config
+from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS
 from dreamer4.train.engine import Job
 
 
@@ -134,7 +134,7 @@ class PolicyJob(Job):
             tasks,
         )
         self.grad_accum = grad_accum
-        self._agent_config: dict[str, Any] = json.loads((agent_dir / "config.json").read_text())
+        self._agent_config: dict[str, Any] = read_config(agent_dir)
         model = self._agent_config["model"]
         self.shortcut = ShortcutConfig(**model["shortcut"])
         # tokens per step: the world model's plus the agent tokens
@@ -152,7 +152,7 @@ class PolicyJob(Job):
             "sequence": asdict(self.spec),
             "known_tasks": self.known,
             # the agent's weights: a retrained agent must not resume an old run
-            "agent_sha256": content_hash(self.agent_dir / "model_ema.safetensors"),
+            "agent_sha256": content_hash(self.agent_dir / EMA_WEIGHTS),
         }
 
     def build_model(self) -> Any:
@@ -212,23 +212,20 @@ def imagination_config(own: dict[str, Any]) -> ImaginationConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.engine import TrainSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 
-    settings = StageSettings.load(args, PolicyJob.stage)
-    own, paths = settings.own, settings.paths
-    data = Path(args.data or paths.get("latents", "data/latents"))
-    agent_dir = Path(args.agent or paths.get("agent", "models/agent"))
-    if not (agent_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{agent_dir / 'config.json'}: missing (run finetune_agent first)")
-    tasks = tuple(json.loads((agent_dir / "config.json").read_text())["model"]["agent"]["tasks"])
-    cfg = imagination_config(own.get("imagination", {}))
+    settings = TrainSettings.load(args, PolicyJob.stage)
+    own = settings.own
+    data = settings.path("latents", args.data)
+    agent_dir = settings.path("agent", args.agent)
+    agent = read_config(agent_dir, CONFIG, "dreamer4 finetune-agent")["model"]["agent"]
+    tasks = tuple(agent["tasks"])
+    cfg = own.sub("imagination").config(ImaginationConfig)
     spec = SequenceSpec(
         length=cfg.context, arrays=("latents",), actions=True, fields=(), tasks=tasks
     )
-    job_paths = settings.job_paths(
-        args, data, PolicyJob.stage, paths.get("policy", "models/policy")
-    )
+    job_paths = settings.job_paths(args, data, PolicyJob.stage, settings.path("policy"))
     train = settings.config(args)
     job = PolicyJob(agent_dir, cfg, spec, known_tasks(data, tasks), train.grad_accum)
     return train_stage(args, job, train, job_paths)

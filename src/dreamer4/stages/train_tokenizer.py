@@ -12,13 +12,11 @@ plot and Dagster metadata.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dreamer4.errors import StageError
-from dreamer4.params import ParamsError
-from dreamer4.train.engine import Job
+from dreamer4.train.engine import Job, is_rank0
 
 GRID = "reconstructions.png"
 WORLD_ROWS = 7 / 9  # Crafter draws the world in the top 7 of 9 unit rows, the inventory below
@@ -102,7 +100,6 @@ class TokenizerJob(Job):
         return self._heldout.to(device)
 
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
-        import torch
 
         from dreamer4.tokenizer import psnr, ssim
 
@@ -118,7 +115,7 @@ class TokenizerJob(Job):
             .mean()
             .item(),
         }
-        if final and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        if final and is_rank0():
             self.write_grid(model, frames[:8, -1:])
         return metrics
 
@@ -164,26 +161,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dreamer4.tokenizer import TokenizerConfig
-    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.engine import TrainSettings, train_stage
 
-    settings = StageSettings.load(args, TokenizerJob.stage)
+    settings = TrainSettings.load(args, TokenizerJob.stage)
     data, meta = settings.dataset(args)
-    model = dict(settings.own.get("model", {}))
-    if unknown := set(model) - {f.name for f in fields(TokenizerConfig)}:
-        raise ParamsError(f"{args.params}: train_tokenizer.model: unknown keys {sorted(unknown)}")
-    if model.setdefault("resolution", meta["resolution"]) != meta["resolution"]:
-        raise StageError(
-            f"{data}: frames are {meta['resolution']}px but "
-            f"train_tokenizer.model.resolution is {model['resolution']}"
-        )
-    paths = settings.job_paths(
-        args, data, TokenizerJob.stage, settings.paths.get("tokenizer", "models/tokenizer")
-    )
+    own = settings.own
+    model = own.sub("model").config(TokenizerConfig, {"resolution": meta["resolution"]})
+    paths = settings.job_paths(args, data, TokenizerJob.stage, settings.path("tokenizer"))
     job = TokenizerJob(
-        TokenizerConfig(**model),
-        data,
-        paths.metrics,
-        int(settings.own.get("eval_sequences", 16)),
-        float(settings.own.get("image_fraction", 0.0)),
+        model, data, paths.metrics, own.count("eval_sequences"), own.fraction("image_fraction")
     )
     return train_stage(args, job, settings.config(args), paths)

@@ -190,9 +190,6 @@ class TrainSettings(Settings):
         )
 
 
-StageSettings = TrainSettings  # the name the training stages use
-
-
 def fingerprint(job: Job, cfg: TrainConfig, data: Path) -> str:
     """Identity of what a job learns: model, loss, learning settings, the code (every module of
     the package: a changed model or loss must not resume, let alone re-export, an old run) and

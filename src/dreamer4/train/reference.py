@@ -94,9 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.train.engine import StageSettings, train_stage
+    from dreamer4.train.engine import TrainSettings, train_stage
 
-    settings = StageSettings.load(args, None)
+    settings = TrainSettings.load(args, None)
     data, meta = settings.dataset(args)
     job = ReferenceJob(
         ReferenceConfig(**({"width": args.width} if args.width else {})), meta["resolution"]
