@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
+from dreamer4.params import load_profile
 from dreamer4.train.config import resolve_precision
 
 # (label, launcher, ranks, zero stage, precision); bf16 autocast only where the CPU has bf16 units
@@ -48,6 +49,7 @@ def measure(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         engine = {
+            **load_profile(Path("params.yaml"), "tiny")["train"],  # the defaults, then:
             "launcher": launcher,
             "nproc": ranks,
             "zero_stage": stage,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from dreamer4.train import checkpoint as ckpt
 from dreamer4.train.reference import ReferenceConfig, ReferenceModel
-from tests.conftest import stage_lines
+from tests.conftest import full_profile, stage_lines
 
 pytestmark = pytest.mark.slow  # every test here runs a real multi-rank training job
 
@@ -43,7 +43,11 @@ def job_args(root: Path, data: Path, steps: int, **engine: object) -> list[str]:
     params = root / "params.yaml"
     params.write_text(
         yaml.safe_dump(
-            {"profile": "t", "paths": {}, "profiles": {"t": {"train": {**ENGINE, **engine}}}}
+            {
+                "profile": "t",
+                "paths": {},
+                "profiles": {"t": {"train": {**full_profile()["train"], **ENGINE, **engine}}},
+            }
         )
     )
     return [
