@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             "relevant_fraction": own.fraction("relevant_fraction"),
         },
     )
-    out = settings.path("bc_agent" if args.scratch else "agent")
+    out = settings.path("bc_agent" if args.scratch else "agent", args.out)
     job_paths = settings.job_paths(args, data, stage, out)
     job = AgentJob(
         stage,

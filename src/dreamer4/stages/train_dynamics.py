@@ -266,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     spec = own.sub("sequence").config(SequenceSpec, SEQUENCE_FROM_DATA)
     rollout = own.sub("rollout")
     rollout = {k: rollout.count(k) for k in ("sequences", "context", "horizon")}
-    job_paths = settings.job_paths(args, data, WorldModelJob.stage, settings.path("world_model"))
+    job_paths = settings.job_paths(
+        args, data, WorldModelJob.stage, settings.path("world_model", args.out)
+    )
     job = WorldModelJob(
         model_cfg,
         shortcut,

@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     spec = SequenceSpec(
         length=cfg.context, arrays=("latents",), actions=True, fields=(), tasks=tasks
     )
-    job_paths = settings.job_paths(args, data, PolicyJob.stage, settings.path("policy"))
+    job_paths = settings.job_paths(args, data, PolicyJob.stage, settings.path("policy", args.out))
     train = settings.config(args)
     job = PolicyJob(agent_dir, cfg, spec, known_tasks(data, tasks), train.grad_accum)
     return train_stage(args, job, train, job_paths)

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     data, meta = settings.dataset(args)
     own = settings.own
     model = own.sub("model").config(TokenizerConfig, {"resolution": meta["resolution"]})
-    paths = settings.job_paths(args, data, TokenizerJob.stage, settings.path("tokenizer"))
+    paths = settings.job_paths(args, data, TokenizerJob.stage, settings.path("tokenizer", args.out))
     job = TokenizerJob(
         model, data, paths.metrics, own.count("eval_sequences"), own.fraction("image_fraction")
     )
