@@ -3,7 +3,8 @@
 On a profile's tokenizer, dynamics and agent config (random weights: speed does not depend on
 them):
 - agent: `AgentPlayer.act` (tokenizer encode against its KV cache + one agent pass + sampling),
-  steps/s at batch 1 (what a worker runs now) and batch 8 (environments batched per worker);
+  steps/s at batch 1 and at batch 8 with one generator per row (what an `evaluate` worker runs:
+  environments batched per worker, each episode drawing from its own generator);
 - env: a Crafter step with rendering, and world generation (`reset`) vs `copy.deepcopy` of a
   generated world (what `evaluate` does so every agent plays the same world).
 
@@ -57,7 +58,7 @@ def main() -> None:
     for batch in (1, 8):
         player = AgentPlayer(
             Tokenizer(tok_cfg).to(device), agent.to(device), context=context,
-            generator=torch.Generator().manual_seed(0),
+            generator=[torch.Generator().manual_seed(i) for i in range(batch)],
         )  # fmt: skip
         frames = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, device=device)
         task = torch.zeros(batch, dtype=torch.long, device=device)

@@ -47,6 +47,20 @@ def test_every_profile_merges_and_lists_only_what_it_changes() -> None:
     assert full_profile("tiny") == defaults  # tiny: the defaults as they are
 
 
+def test_no_profile_sets_a_shared_train_key_every_stage_overrides() -> None:
+    """A stage's own `train` block wins over the shared one (defaults' stage blocks included):
+    a shared key that every training stage sets again would silently do nothing."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, overlay in params["profiles"].items():
+        merged = full_profile(name)
+        stages = [s for s, block in merged.items() if isinstance(block, dict) and "train" in block]
+        assert stages, name
+        for key in overlay.get("train", {}):
+            assert any(key not in merged[s]["train"] for s in stages), (
+                f"profiles.{name}.train.{key}: every stage's train block sets it again"
+            )
+
+
 def test_a_profile_without_a_stage_block_is_an_error_naming_it(tmp_path: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     del params["profiles"]["tiny"]["encode"]

@@ -49,6 +49,15 @@ def test_repro_is_incremental_and_profiles_switch(trained_repo: tuple[Path, str]
     assert latents["steps"] == len(load_steps(root / "data/episodes"))
     shown = dvc(root, "metrics", "show")
     assert "tokenizer/psnr_heldout" in shown and "rollout/psnr_copy_last" in shown
+    # Crafter data: tile and inventory accuracy of reconstructions, rollouts and baselines
+    tok = json.loads((root / "metrics/train_tokenizer/summary.json").read_text())
+    dyn = json.loads((root / "metrics/train_dynamics/summary.json").read_text())
+    for name, value in [*tok.items(), *dyn.items()]:
+        if "tile_accuracy" in name or "inventory_accuracy" in name:
+            assert 0 <= value <= 1, (name, value)
+    assert {"tokenizer/tile_accuracy", "tokenizer/inventory_accuracy"} <= tok.keys()
+    for run in ("k4", "k64", "copy_last", "copy_last_decoded", "tokenizer"):
+        assert f"rollout/tile_accuracy_{run}" in dyn and f"rollout/inventory_accuracy_{run}" in dyn
     for metric in ("agent/bc_nll_heldout", "imagination/return_before", "imagination/return_after"):
         assert metric in shown, metric
     # agent (WM+BC), its BC-from-scratch baseline, the policy, and what the policy imagines

@@ -57,3 +57,31 @@ def test_caches_stay_within_their_contexts():
         player.act(frames, torch.tensor([0, -1]))
     assert player.agent_cache.length == player.context + 1
     assert player.tokenizer_cache.length == player.tokenizer.cfg.sequence - 1
+
+
+def test_a_batch_with_one_generator_per_row_plays_as_each_row_alone():
+    """Rows of a batch draw noise and actions from their own generators, and `keep` drops a
+    finished row from the caches: each remaining row acts as it would alone."""
+    from dreamer4.envs.crafter_env import make_env
+
+    def actions(seeds: list[int], drop_at: int | None = None) -> list[list[int]]:
+        player = _player(context_noise=0.1)
+        player.generator = [torch.Generator().manual_seed(100 + s) for s in seeds]
+        envs = [make_env(s) for s in seeds]
+        obs = [e.reset() for e in envs]
+        rows, taken = list(range(len(seeds))), [[] for _ in seeds]
+        for t in range(12):
+            frames = torch.from_numpy(np.stack([obs[i] for i in rows]))
+            chosen = player.act(frames, torch.tensor([2] * len(rows)))["crafter"]
+            for row, i in enumerate(rows):
+                taken[i].append(int(chosen[row]))
+                obs[i] = envs[i].step(taken[i][-1])[0]
+            if t == drop_at:  # row 1's episode ends here
+                player.keep([0, 2])
+                rows = [0, 2]
+        return taken
+
+    batched = actions([4, 5, 6], drop_at=5)
+    assert batched[0] == actions([4])[0] and batched[2] == actions([6])[0]
+    assert batched[1] == actions([5])[0][:6]
+    assert batched[0] != batched[2]  # the rows really differ

@@ -88,3 +88,24 @@ def test_a_copied_world_plays_like_a_fresh_reset():
     fresh = play(env, frames=fresh_frames)
     assert copied == fresh and copied["length"] > 1
     assert all((a == b).all() for a, b in zip(copied_frames, fresh_frames, strict=True))
+
+
+def test_a_batch_of_episodes_of_different_lengths_plays_as_each_alone():
+    """`play_prompted_batch` with one generator per episode: the stats of each episode equal
+    those of the episode played alone, though the episodes end at different steps."""
+    import torch
+
+    from dreamer4.eval.prompted_play import play_prompted_batch
+
+    lengths, seeds = (5, 14, 9), (2, 3, 4)
+    player = _player(0.1)
+    player.generator = [torch.Generator().manual_seed(s) for s in seeds]
+    frames: list = []
+    envs = [make_env(s, length=n) for s, n in zip(seeds, lengths, strict=True)]
+    batched = play_prompted_batch(envs, player, [0, 1], TASKS, 12, frames=frames)
+    assert [s["length"] for s in batched] == [5, 12, 9]
+    assert len(frames) == 6  # the first episode's observations, the last one included
+    for stats, seed, n in zip(batched, seeds, lengths, strict=True):
+        alone = _player(0.1)
+        alone.generator = [torch.Generator().manual_seed(seed)]
+        assert play_prompted(make_env(seed, length=n), alone, [0, 1], TASKS, 12) == stats

@@ -39,6 +39,7 @@ def registered() -> set[str]:
                 "tokens_per_second": 100.0,
                 "data_wait": 0.01,
                 "gpu_memory": 123.0,
+                "minutes": 2.5,
             },
             {"tokenizer/psnr_heldout": 25.0},
         )
@@ -75,7 +76,8 @@ def test_prometheus_config_scrapes_exporter_and_pushgateway() -> None:
 def test_exporter_registers_the_documented_metrics(registered: set[str]) -> None:
     assert "dreamer4_train_loss" in registered
     assert "dreamer4_train_step" in registered
-    assert len(registered) == 10
+    assert "dreamer4_train_wall_minutes" in registered
+    assert len(registered) == 11
 
 
 def test_dashboard_charts_only_registered_metrics(dashboard: dict, registered: set[str]) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -205,6 +206,10 @@ def test_train_tokenizer_resumes_bit_identical_after_sigkill(
     cmd = command("train-tokenizer", params, run, "--data", str(episode_dataset))
     killed_then_resumed(cmd, run, "train_tokenizer")
     assert_identical(run, tokenizer, "train_tokenizer")
+    # wall-clock minutes (speed.tsv, beside the DVC plot) add up across the resume
+    minutes = pd.read_csv(run / "metrics" / "speed.tsv", sep="\t")["minutes"]
+    assert minutes.notna().all() and (minutes > 0).all() and minutes.is_monotonic_increasing
+    assert "minutes" not in pd.read_csv(run / "metrics" / "train.tsv", sep="\t")
 
 
 @pytest.mark.slow

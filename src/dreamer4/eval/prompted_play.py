@@ -54,31 +54,65 @@ def play_prompted(
     data (None: as rendered). frames: if given, every observation as rendered is appended.
     obs: the first observation of an `env` already reset (e.g. a copy of a generated world:
     Crafter's world generation costs more than a short episode); None resets `env` here."""
+    first = None if obs is None else [obs]
+    return play_prompted_batch([env], player, prompts, tasks, max_steps, size, frames, first)[0]
+
+
+def play_prompted_batch(
+    envs: list[Any],
+    player: AgentPlayer | RandomPlayer,
+    prompts: list[int],
+    tasks: tuple[str, ...],
+    max_steps: int,
+    size: int | None = None,
+    frames: list[np.ndarray] | None = None,
+    obs: list[np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """`play_prompted` for a batch of environments in lockstep, one player call per step for
+    all episodes still running; a finished episode leaves the batch (`player.keep`). Stats per
+    environment, in order; `frames` records the first environment's observations."""
     if obs is None:
-        obs = env.reset()
+        obs = [env.reset() for env in envs]
     player.reset()
-    counts: dict[str, int] = {}
-    first: dict[str, int] = {}
-    stage, reward, length, done = 0, 0.0, 0, False
-    while not done and length < max_steps:
-        if frames is not None:
-            frames.append(obs)
-        task = prompts[stage] if stage < len(prompts) else -1
-        seen = torch.tensor(resize_frame(obs, size))[None]  # a copy: env frames are read-only
-        action = player.act(seen, torch.tensor([task]))
+    n = len(envs)
+    counts: list[dict[str, int]] = [{} for _ in range(n)]
+    first: list[dict[str, int]] = [{} for _ in range(n)]
+    stage, reward, length = [0] * n, [0.0] * n, [0] * n
+    current = list(obs)
+    running = [i for i in range(n) if max_steps > 0]
+    if not running and frames is not None:
+        frames.append(current[0])
+    while running:
+        if frames is not None and running[0] == 0:
+            frames.append(current[0])
+        task = [prompts[stage[i]] if stage[i] < len(prompts) else -1 for i in running]
+        seen = torch.tensor(np.stack([resize_frame(current[i], size) for i in running]))
+        action = player.act(seen, torch.tensor(task))
         name = next(iter(action))
-        obs, r, done, info = env.step(int(action[name][0]))
-        length += 1
-        reward += float(r)
-        for k, v in info["achievements"].items():
-            if v > counts.get(k, 0):
-                first.setdefault(k, length)
-            counts[k] = int(v)
-        while stage < len(prompts) and counts.get(tasks[prompts[stage]], 0) > 0:
-            stage += 1  # achieved: prompt the next milestone
-    if frames is not None:
-        frames.append(obs)
-    stats: dict[str, Any] = {"length": length, "reward": round(reward, 1)}
-    stats.update({f"achievement_{k}": v for k, v in sorted(counts.items())})
-    stats["first_step"] = first
-    return stats
+        ended = []
+        for row, i in enumerate(running):
+            current[i], r, done, info = envs[i].step(int(action[name][row]))
+            length[i] += 1
+            reward[i] += float(r)
+            for k, v in info["achievements"].items():
+                if v > counts[i].get(k, 0):
+                    first[i].setdefault(k, length[i])
+                counts[i][k] = int(v)
+            while stage[i] < len(prompts) and counts[i].get(tasks[prompts[stage[i]]], 0) > 0:
+                stage[i] += 1  # achieved: prompt the next milestone
+            if done or length[i] >= max_steps:
+                ended.append(row)
+                if frames is not None and i == 0:
+                    frames.append(current[0])
+        if ended:
+            keep = [row for row in range(len(running)) if row not in ended]
+            if keep:
+                player.keep(keep)
+            running = [running[row] for row in keep]
+    out = []
+    for i in range(n):
+        stats: dict[str, Any] = {"length": length[i], "reward": round(reward[i], 1)}
+        stats.update({f"achievement_{k}": v for k, v in sorted(counts[i].items())})
+        stats["first_step"] = first[i]
+        out.append(stats)
+    return out

@@ -114,6 +114,15 @@ class KVCache:
         """Keep the last `steps` steps (context window); they become positions 0..steps-1."""
         self._keep(slice(max(0, self.length - max(0, steps)), self.length))
 
+    def select(self, rows: Tensor, batch: int) -> None:
+        """Keep batch rows `rows` of a cache filled for `batch` rows (finished episodes of a
+        batch of environments leave it; the others go on unchanged)."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            if k is not None and v is not None:
+                s = k.shape[0] // batch
+                self.keys[i] = k.view(batch, s, *k.shape[1:])[rows].flatten(0, 1)
+                self.values[i] = v.view(batch, s, *v.shape[1:])[rows].flatten(0, 1)
+
     def _keep(self, steps: slice) -> None:
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             if k is not None and v is not None:

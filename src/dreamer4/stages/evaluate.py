@@ -11,12 +11,13 @@ Agents, by key (label):
 
 Each played agent runs `episodes` episodes of real Crafter on the held-out world seeds
 `first_seed` … `first_seed + episodes − 1` (an error if the collection used one of them), the
-same seeds for every agent, in `workers` processes (one job per world: generated once, then
-each agent plays its own copy). Agents see frames resized to the tokenizer's
+same seeds for every agent, in `workers` processes, `batch` worlds per job played in lockstep
+(one batched agent call per step: several times the steps/s of one environment; each world
+generated once, then each agent plays its own copy). Agents see frames resized to the tokenizer's
 resolution as `ingest` resizes the data; actions are sampled, never argmax. BC, WM+BC and
 Dreamer 4 are prompted along the tech tree (`eval/prompted_play.py`, paper Table 6). Episode i of
 agent a samples with its own generator seeded by (seed, a, i), so results do not depend on the
-worker count or on which other agents run (a: the agent's place in `AGENTS`). Worlds are
+worker count, the batch, or on which other agents run (a: the agent's place in `AGENTS`). Worlds are
 deterministic per seed (`envs/crafter_env.py`).
 
 Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`
@@ -68,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="world seeds START:STOP (default: first_seed, episodes)")
     p.add_argument("--max-steps", type=int, help="episode length cap")
     p.add_argument("--workers", type=int, help="evaluation processes")
+    p.add_argument("--batch", type=int, help="environments per worker, played in lockstep")
     p.add_argument("--out", help="report folder")
     p.add_argument("--metrics", help="folder for metrics.json and milestones.tsv")
     p.add_argument("--show", action="store_true", help="print an existing report's headline")
@@ -178,45 +180,55 @@ def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, 
     return players[name, folder]
 
 
-def _play_world(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worker: every agent plays one world seed, each from its own copy of the world as
-    generated (Crafter's world generation costs seconds; a copy, milliseconds)."""
+def _play_worlds(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Worker: every agent plays a batch of world seeds in lockstep, each episode from its own
+    copy of the world as generated (Crafter's world generation costs seconds; a copy,
+    milliseconds)."""
     import copy
 
     import torch
 
     from dreamer4.envs.crafter_env import make_env, reseed
-    from dreamer4.eval.prompted_play import play_prompted, prompt_indices
+    from dreamer4.eval.prompted_play import play_prompted_batch, prompt_indices
 
     torch.set_num_threads(job["threads"])
     key = (job["size"], job["max_steps"])
     if _WORKER.get("env_key") != key:
         _WORKER["env_key"] = key
         _WORKER["env"] = make_env(0, size=job["size"], length=job["max_steps"])
-    world = _WORKER["env"]
-    reseed(world, job["seed"])
-    first = world.reset()
+    env = _WORKER["env"]
+    worlds, firsts = [], []
+    for seed in job["seeds"]:
+        reseed(env, seed)
+        firsts.append(env.reset())
+        worlds.append(copy.deepcopy(env))
     results = []
     for name, folder in job["agents"]:
         player, tasks, resolution = _player(name, folder, job["tokenizer"])
-        # CPU generator: the same draws on any device; seeded by (seed, agent, episode)
+        # CPU generators, one per episode: the same draws on any device, seeded by
+        # (seed, agent, episode), whatever the batch and the worker count
         a = list(AGENTS).index(name)
-        sample_seed = np.random.SeedSequence([job["sample_seed"], a, job["index"]])
-        player.generator = torch.Generator().manual_seed(int(sample_seed.generate_state(1)[0]))
+        player.generator = [
+            torch.Generator().manual_seed(
+                int(np.random.SeedSequence([job["sample_seed"], a, i]).generate_state(1)[0])
+            )
+            for i in job["indices"]
+        ]
         frames: list[np.ndarray] | None = [] if job["record"] else None
-        stats = play_prompted(
-            copy.deepcopy(world),
+        stats = play_prompted_batch(
+            [copy.deepcopy(w) for w in worlds],
             player,
             prompt_indices(tasks),
             tasks,
             job["max_steps"],
             resolution,
             frames,
-            obs=first.copy(),
+            obs=[f.copy() for f in firsts],
         )
-        stats["seed"] = job["seed"]
-        clip = np.stack(frames[: job["clip_steps"]]) if frames else None
-        results.append({"agent": name, "stats": stats, "clip": clip})
+        for i, (seed, line) in enumerate(zip(job["seeds"], stats, strict=True)):
+            line["seed"] = seed
+            clip = np.stack(frames[: job["clip_steps"]]) if frames and i == 0 else None
+            results.append({"agent": name, "stats": line, "clip": clip})
     return results
 
 
@@ -229,10 +241,11 @@ def play_agents(
     workers: int,
     seed: int,
     clip_steps: int,
+    batch: int = 1,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, np.ndarray]]:
     """Play every seed with every agent (key → model folder, None for random) in worker
-    processes, one world seed per job: stats lines per agent (in seed order) and the first
-    episode's clip per agent."""
+    processes, `batch` world seeds per job played in lockstep: stats lines per agent (in seed
+    order) and the first episode's clip per agent."""
     from dreamer4.parallel import imap_workers
 
     listed = [(name, None if f is None else str(f)) for name, f in agents.items()]
@@ -240,21 +253,21 @@ def play_agents(
         {
             "agents": listed,
             "tokenizer": None if tokenizer is None else str(tokenizer),
-            "index": i,
-            "seed": world_seed,
+            "indices": list(range(start, min(start + batch, len(seeds)))),
+            "seeds": seeds[start : start + batch],
             "sample_seed": seed,
             "max_steps": max_steps,
             "size": size,
-            "record": i == 0,
+            "record": start == 0,
             "clip_steps": clip_steps,
             "threads": 1 if workers > 1 else 2,
         }
-        for i, world_seed in enumerate(seeds)
+        for start in range(0, len(seeds), batch)
     ]
     stats: dict[str, list[dict[str, Any]]] = {name: [] for name in agents}
     clips: dict[str, np.ndarray] = {}
-    for world in imap_workers(_play_world, jobs, workers):
-        for done in world:
+    for worlds in imap_workers(_play_worlds, jobs, workers):
+        for done in worlds:
             stats[done["agent"]].append(done["stats"])
             if done["clip"] is not None:
                 clips[done["agent"]] = done["clip"]
@@ -322,6 +335,7 @@ def evaluate(
             int(settings["workers"]),
             int(settings["seed"]),
             int(settings["clip_steps"]),
+            int(settings["batch"]),
         )
     )
     if recorded:
@@ -425,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         "max_steps": own.count("max_steps", args.max_steps),
         "size": own.count("size"),
         "workers": own.count("workers", args.workers),
+        "batch": own.count("batch", args.batch),
         "seed": own.count("seed", low=0),
         "clip_steps": own.count("clip_steps", low=0),
     }

@@ -22,7 +22,10 @@ this tokenizer, the bar a rollout must clear). `rollout/action_shuffle_ratio`: h
 with actions shuffled across the batch over the loss with the true ones (> 1: actions are used).
 DVC metrics `rollout/psnr_k4`, `rollout/psnr_k64`, `rollout/psnr_copy_last`, … (horizon means),
 `rollout.tsv` per step (DVC plot) and `rollout.gif` (real | K=4 | K=k_max), a DVC plot and
-Dagster metadata.
+Dagster metadata. On Crafter data each row also has `tile_accuracy_*` and `inventory_accuracy_*`
+(eval/tile_accuracy.py: the same tiles and inventory counts as the real frame). With
+`eval_every` > 0 the K=4 rollout and the baselines are also scored during training (train.tsv),
+so the curve against time shows where more training would lead.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class WorldModelJob(Job):
         episodes: Path,
         tokenizer: Path,
         metrics: Path,
+        crafter: bool = False,
     ) -> None:
         self.model_cfg, self.shortcut, self.spec = model_cfg, shortcut, spec
         self.unlabelled, self.rollout = unlabelled, rollout
@@ -71,7 +75,9 @@ class WorldModelJob(Job):
             tokenizer,
             metrics,
         )
+        self.crafter = crafter  # Crafter frames: tile accuracy is defined
         self._heldout = None
+        self._baselines: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -155,52 +161,78 @@ class WorldModelJob(Job):
         return self._heldout
 
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
-        if not final:
-            return {}
+        """Rollouts at K=4 every `eval_every` steps (a curve against time), at K=4 and K=k_max
+        at the end; the baselines (frozen tokenizer) are decoded once."""
         import torch
 
         from dreamer4.dynamics import shift_actions
         from dreamer4.shortcut import generate
-        from dreamer4.tokenizer import load_tokenizer, psnr, ssim
 
         device = next(model.parameters()).device
-        tok = load_tokenizer(self.tokenizer_dir)[0].to(device)
         batch = {k: v.to(device) for k, v in self.heldout().items()}
         c, h = self.rollout["context"], self.rollout["horizon"]
         actions = shift_actions(batch)
         latents = batch["latents"].float()
-        real = tok.unpatchify(tok.patchify(batch["frames"][:, c:]))
-
-        def decoded(z: Any) -> Any:  # frame by frame with the decoder's cache, as at play time
-            frames = tok.unpatchify(tok.decode_stream(torch.cat([latents[:, :c], z], 1)).float())
-            return frames[:, c:].clamp(-1, 1)
-
-        rows: dict[str, Any] = {"step": torch.arange(1, h + 1)}
+        base = self.baselines(batch)
+        rows: dict[str, Any] = {"step": torch.arange(1, h + 1), **base["rows"]}
         shown = {}
-        for k in sorted({4, self.model_cfg.k_max}):
+        for k in sorted({4, self.model_cfg.k_max}) if final else [4]:
             gen = torch.Generator(device=device).manual_seed(0)
             z = generate(
                 model.dynamics, latents[:, :c], actions, h, steps=k, cfg=self.shortcut,
                 generator=gen,
             )  # fmt: skip
-            imagined = decoded(z)
-            rows[f"psnr_k{k}"], rows[f"ssim_k{k}"] = psnr(imagined, real), ssim(imagined, real)
-            shown[k] = imagined
-        ceiling = decoded(latents[:, c:])
-        rows["psnr_tokenizer"] = psnr(ceiling, real)  # decoded real latents: the upper bound
-        last = tok.unpatchify(tok.patchify(batch["frames"][:, c - 1 : c])).expand_as(real)
-        rows["psnr_copy_last"], rows["ssim_copy_last"] = psnr(last, real), ssim(last, real)
-        # the baseline a world model can beat: the last context latent repeated, decoded
-        held = decoded(latents[:, c - 1 : c].expand(-1, h, -1, -1))
-        rows["psnr_copy_last_decoded"] = psnr(held, real)
-        rows["ssim_copy_last_decoded"] = ssim(held, real)
+            shown[k] = base["decode"](z)
+            rows.update(self.fidelity(f"k{k}", shown[k], base["real"]))
         # float32: under autocast SSIM's convolutions come out bf16, which numpy cannot hold
-        per_step = {k: (v if k == "step" else v.mean(0).float()).cpu() for k, v in rows.items()}
-        if is_rank0():
-            self.write_rollouts(per_step, real, shown)
+        per_step = {k: (v if k == "step" else v.float().nanmean(0)).cpu() for k, v in rows.items()}
+        if final and is_rank0():
+            self.write_rollouts(per_step, base["real"], shown)
         metrics = {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
         metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
         return metrics
+
+    def baselines(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The real frames, a decoder for latents, and the per-sequence scores of the tokenizer's
+        ceiling and the copy-last baselines (cached: the tokenizer is frozen)."""
+        if self._baselines is None:
+            import torch
+
+            from dreamer4.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(self.tokenizer_dir)[0].to(batch["latents"].device)
+            c, h = self.rollout["context"], self.rollout["horizon"]
+            latents = batch["latents"].float()
+            real = tok.unpatchify(tok.patchify(batch["frames"][:, c:]))
+
+            def decode(z: Any) -> Any:  # frame by frame with the decoder's cache, as at play
+                frames = tok.unpatchify(tok.decode_stream(torch.cat([latents[:, :c], z], 1)))
+                return frames[:, c:].float().clamp(-1, 1)
+
+            last = tok.unpatchify(tok.patchify(batch["frames"][:, c - 1 : c])).expand_as(real)
+            rows = {
+                # decoded real latents: the upper bound
+                **self.fidelity("tokenizer", decode(latents[:, c:]), real),
+                **self.fidelity("copy_last", last, real),
+                # the baseline a world model can beat: the last context latent repeated, decoded
+                **self.fidelity(
+                    "copy_last_decoded", decode(latents[:, c - 1 : c].expand(-1, h, -1, -1)), real
+                ),
+            }
+            self._baselines = {"real": real, "decode": decode, "rows": rows}
+        return self._baselines
+
+    def fidelity(self, name: str, frames: Any, real: Any) -> dict[str, Any]:
+        """(B, horizon) PSNR, SSIM and, on Crafter, tile and inventory accuracy of `frames`."""
+        from dreamer4.tokenizer import psnr, ssim
+
+        out = {f"psnr_{name}": psnr(frames, real), f"ssim_{name}": ssim(frames, real)}
+        if self.crafter:
+            from dreamer4.eval.tile_accuracy import inventory_accuracy, tile_accuracy
+
+            out[f"tile_accuracy_{name}"] = tile_accuracy(frames, real)
+            out[f"inventory_accuracy_{name}"] = inventory_accuracy(frames, real)
+        return out
 
     def action_shuffle_ratio(self, model: Any, batch: dict[str, Any]) -> float:
         """Held-out shortcut loss with the actions shuffled across the batch over the loss with
@@ -256,11 +288,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dreamer4.dynamics import world_model_configs
+    from dreamer4.eval.tile_accuracy import is_crafter
+    from dreamer4.files import read_config
     from dreamer4.train.engine import TrainSettings, train_stage
     from dreamer4.train.sequences import SequenceSpec
 
     settings = TrainSettings.load(args, WorldModelJob.stage)
     own = settings.own
+    episodes = settings.path("episodes", args.episodes)
     data = settings.path("latents", args.data)
     model_cfg, shortcut = world_model_configs(own, data)
     spec = own.sub("sequence").config(SequenceSpec, SEQUENCE_FROM_DATA)
@@ -276,8 +311,9 @@ def run(args: argparse.Namespace) -> int:
         own.fraction("unlabelled_fraction"),
         rollout,
         data,
-        settings.path("episodes", args.episodes),
+        episodes,
         settings.path("tokenizer", args.tokenizer),
         job_paths.metrics,
+        is_crafter(read_config(episodes, "dataset.json", "dreamer4 ingest")),
     )
     return train_stage(args, job, settings.config(args), job_paths)

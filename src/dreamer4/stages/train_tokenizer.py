@@ -5,6 +5,8 @@ overrides, `eval_sequences`, `image_fraction`) over the shared `profiles.<profil
 frame resolution comes from the episode dataset. Held-out PSNR and SSIM (whole frame, and the
 world view without Crafter's inventory band) are logged every `eval_every` steps and written as
 DVC metrics `tokenizer/psnr_heldout`, `tokenizer/ssim_heldout`, `tokenizer/psnr_heldout_world`;
+on Crafter data also `tokenizer/tile_accuracy` and `tokenizer/inventory_accuracy` (eval/
+tile_accuracy.py: whether the reconstruction shows the same tiles and inventory counts);
 `reconstructions.png` (original | reconstruction | masked input | its reconstruction) is a DVC
 plot and Dagster metadata.
 """
@@ -26,11 +28,18 @@ class TokenizerJob(Job):
     stage = "train_tokenizer"
 
     def __init__(
-        self, cfg: Any, data: Path, metrics: Path, eval_sequences: int, image_fraction: float
+        self,
+        cfg: Any,
+        data: Path,
+        metrics: Path,
+        eval_sequences: int,
+        image_fraction: float,
+        crafter: bool = False,
     ) -> None:
         from dreamer4.train.sequences import SequenceSpec
 
         self.cfg, self.data, self.metrics = cfg, Path(data), Path(metrics)
+        self.crafter = crafter  # Crafter frames: tile accuracy is defined
         self.eval_sequences = eval_sequences
         self.spec = SequenceSpec(
             length=cfg.sequence, image_fraction=image_fraction, actions=False, fields=()
@@ -115,6 +124,13 @@ class TokenizerJob(Job):
             .mean()
             .item(),
         }
+        if self.crafter:
+            from dreamer4.eval.tile_accuracy import inventory_accuracy, tile_accuracy
+
+            metrics["tokenizer/tile_accuracy"] = tile_accuracy(recon, target).mean().item()
+            metrics["tokenizer/inventory_accuracy"] = (
+                inventory_accuracy(recon, target).nanmean().item()
+            )
         if final and is_rank0():
             self.write_grid(model, frames[:8, -1:])
         return metrics
@@ -160,6 +176,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamer4.eval.tile_accuracy import is_crafter
     from dreamer4.tokenizer import TokenizerConfig
     from dreamer4.train.engine import TrainSettings, train_stage
 
@@ -169,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
     model = own.sub("model").config(TokenizerConfig, {"resolution": meta["resolution"]})
     paths = settings.job_paths(args, data, TokenizerJob.stage, settings.path("tokenizer", args.out))
     job = TokenizerJob(
-        model, data, paths.metrics, own.count("eval_sequences"), own.fraction("image_fraction")
+        model,
+        data,
+        paths.metrics,
+        own.count("eval_sequences"),
+        own.fraction("image_fraction"),
+        is_crafter(meta),
     )
     return train_stage(args, job, settings.config(args), paths)

@@ -124,6 +124,7 @@ SCALARS = (
     "tokens_per_second",
     "data_wait",
     "gpu_memory",
+    "minutes",
 )
 
 
@@ -381,6 +382,7 @@ class Trainer:
             self.exporter = Exporter(job.stage, cfg.metrics_host, cfg.metrics_port, cfg.pushgateway)
             if self.exporter.url:
                 print(f"metrics at {self.exporter.url}", flush=True)
+        self._clock = time.perf_counter() - 60 * (history.minutes() if history else 0.0)
         stop = _StopFlag()
         bar = tqdm(
             total=cfg.steps,
@@ -486,6 +488,7 @@ class Trainer:
             "tokens_per_second": values[-1] / elapsed,
             "data_wait": values[-2] / self.world / max(steps, 1e-9),
             "gpu_memory": torch.cuda.max_memory_allocated() if self.device is not None else None,
+            "minutes": (time.perf_counter() - self._clock) / 60,
         }
         row = {
             "step": self.step,

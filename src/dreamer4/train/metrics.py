@@ -49,6 +49,7 @@ class Exporter:
             "tokens_per_second": gauge("tokens_per_second", "Model tokens per second, all ranks"),
             "data_wait": gauge("data_wait_seconds", "Seconds per step spent waiting for data"),
             "gpu_memory": gauge("gpu_memory_bytes", "Peak GPU memory allocated on rank 0"),
+            "minutes": gauge("wall_minutes", "Wall-clock minutes of training, resumes included"),
         }
         self.server = None
         self.url = None
@@ -88,7 +89,16 @@ class Exporter:
 
 # Wall-clock figures: in `speed.tsv` beside the DVC plot, never in it, so the versioned outputs
 # of a training stage are the same on every rerun of the same inputs.
-SPEED = ("steps_per_second", "samples_per_second", "tokens_per_second", "data_wait", "gpu_memory")
+# `minutes`: wall-clock minutes of training so far (a resumed run adds to its checkpoint's), the
+# x axis of held-out metrics against time.
+SPEED = (
+    "steps_per_second",
+    "samples_per_second",
+    "tokens_per_second",
+    "data_wait",
+    "gpu_memory",
+    "minutes",
+)
 
 
 class History:
@@ -105,6 +115,11 @@ class History:
         # steps after the checkpoint are trained again: drop their rows
         self.rows: list[dict[str, Any]] = rows[rows["step"] <= resume_step].to_dict("records")
         self._write()
+
+    def minutes(self) -> float:
+        """Wall-clock minutes recorded up to the resume step (0 for a fresh run)."""
+        done = [r["minutes"] for r in self.rows if pd.notna(r.get("minutes"))]
+        return float(done[-1]) if done else 0.0
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

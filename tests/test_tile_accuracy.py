@@ -1,0 +1,116 @@
+"""The Crafter tile classifier against Crafter's own ground truth, and the accuracy metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamer4.envs.crafter_env import make_env
+from dreamer4.eval.tile_accuracy import classifier, inventory_accuracy, tile_accuracy
+
+VIEW = np.array([9, 7])  # Crafter's local view in tiles (x, y), player at the centre
+
+
+def _play(seed: int, steps: int, every: int) -> list[tuple[np.ndarray, dict, float]]:
+    """Frames of a random walk with lots of `do`/moves, with info and daylight; each sampled
+    state is also rendered at night (Crafter draws its night noise from the world's stream)."""
+    rng = np.random.default_rng(seed)
+    env = make_env(seed, size=64, length=10_000)
+    env.reset()
+    frames = []
+    for t in range(steps):
+        action = int(rng.integers(0, 17)) if rng.random() < 0.5 else int(rng.integers(1, 6))
+        obs, _, done, info = env.step(action)
+        if done:
+            break
+        if t % every == 0:
+            frames.append((obs, info, float(env._world.daylight)))
+            light, env._world.daylight = env._world.daylight, 0.2
+            frames.append((env.render(), info, 0.2))
+            env._world.daylight = light
+    return frames
+
+
+def _truth(info: dict) -> np.ndarray:
+    """The class of each view tile from Crafter's semantic map, as (7, 9) classifier indices."""
+    c = classifier(64)
+    names = ["outside", *c.classes[1:13], "player", "cow", "zombie", "skeleton", "arrow", "plant"]
+    sem, pos = info["semantic"], np.asarray(info["player_pos"])
+    out = np.zeros((7, 9), int)
+    for x in range(9):
+        for y in range(7):
+            p = pos + np.array([x, y]) - VIEW // 2
+            inside = 0 <= p[0] < sem.shape[0] and 0 <= p[1] < sem.shape[1]
+            out[y, x] = c.classes.index(names[sem[p[0], p[1]]] if inside else "outside")
+    return out
+
+
+@pytest.fixture(scope="module")
+def played() -> list[tuple[np.ndarray, dict, float]]:
+    return _play(0, 400, 8) + _play(1, 400, 8)
+
+
+def test_view_tiles_match_crafters_semantic_map_by_day_and_night(played) -> None:
+    c = classifier(64)
+    day, night = [], []
+    for obs, info, light in played:
+        ok = (c.view(torch.tensor(obs)[None])[0].numpy() == _truth(info)).mean()
+        (day if light > 0.5 else night).append(ok)
+    assert len(day) > 20 and len(night) > 20, (len(day), len(night))
+    assert np.mean(day) >= 0.99, np.mean(day)
+    assert np.mean(night) >= 0.95, np.mean(night)
+
+
+def test_inventory_counts_match_crafters_inventory(played) -> None:
+    c = classifier(64)
+    frames = torch.tensor(np.stack([obs for obs, _, _ in played]))
+    read = c.inventory(frames).numpy()
+    truth = np.array([[info["inventory"][k] for k in c.items] for _, info, _ in played])
+    assert (read == truth).mean() >= 0.995, (read != truth).sum()
+    assert (truth[:, 4:] > 0).any()  # the walk collected something: not only the vitals
+
+
+def test_accuracy_is_one_for_the_same_frame_in_either_encoding(played) -> None:
+    frames = torch.tensor(np.stack([obs for obs, _, _ in played[:16]]))
+    signed = frames.float() / 127.5 - 1  # the tokenizer's [-1, 1] floats
+    assert torch.equal(tile_accuracy(signed, frames), torch.ones(16))
+    assert torch.equal(inventory_accuracy(frames, signed), torch.ones(16))
+    # (B, T, H, W, 3) in, (B, T) out
+    assert tile_accuracy(frames.view(4, 4, 64, 64, 3), frames.view(4, 4, 64, 64, 3)).shape == (4, 4)
+
+
+def test_blur_lowers_tile_accuracy(played) -> None:
+    frames = torch.tensor(np.stack([obs for obs, _, _ in played[:16]]))
+    x = frames.permute(0, 3, 1, 2).float()
+    blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+    blurred = blurred.permute(0, 2, 3, 1).round().to(torch.uint8)
+    assert tile_accuracy(blurred, frames).mean() < 0.9
+
+
+def test_accuracy_between_two_frames_is_the_agreement_of_their_semantic_maps(played) -> None:
+    """Frame t against frame t+1 of the walk: the share of tiles whose true classes agree
+    (the player moved or changed the world between them)."""
+    day = [(obs, info) for obs, info, light in played if light > 0.5]
+    a, b = (torch.tensor(np.stack([obs for obs, _ in day[i : i + 16]])) for i in (0, 1))
+    want = np.array(
+        [(_truth(x[1]) == _truth(y[1])).mean() for x, y in zip(day[:16], day[1:17], strict=True)]
+    )
+    got = tile_accuracy(a, b).numpy()
+    assert want.min() < 0.95  # the pairs differ somewhere
+    assert np.abs(got - want).max() <= 1 / 63 + 1e-6
+
+
+def test_inventory_accuracy_counts_the_slots_read_alike(played) -> None:
+    """Swap the inventory band of two frames: the accuracy is the share of the real frame's
+    non-empty slots whose counts happen to agree."""
+    c = classifier(64)
+    inv = [np.array([info["inventory"][k] for k in c.items]) for _, info, _ in played]
+    i, j = next((i, j) for i in range(len(inv)) for j in range(i) if (inv[i] != inv[j]).any())
+    real, other = (torch.tensor(played[k][0]) for k in (i, j))
+    mixed = real.clone()
+    mixed[49:] = other[49:]  # rows below the 7×7-pixel view tiles hold the inventory
+    shown = inv[i] > 0
+    want = ((inv[i] == inv[j]) & shown).sum() / shown.sum()
+    assert inventory_accuracy(mixed[None], real[None]).item() == pytest.approx(want)
+    assert tile_accuracy(mixed[None], real[None]).item() == 1.0
