@@ -56,7 +56,9 @@ def test_repro_is_incremental_and_profiles_switch(trained_repo: tuple[Path, str]
         if "tile_accuracy" in name or "inventory_accuracy" in name:
             assert 0 <= value <= 1, (name, value)
     assert {"tokenizer/tile_accuracy", "tokenizer/inventory_accuracy"} <= tok.keys()
-    for run in ("k4", "k64", "copy_last", "copy_last_decoded", "tokenizer"):
+    dynamics = json.loads((root / "models/world_model/config.json").read_text())["model"]
+    k_max = dynamics["model"]["k_max"]
+    for run in ("k4", f"k{k_max}", "copy_last", "copy_last_decoded", "tokenizer"):
         assert f"rollout/tile_accuracy_{run}" in dyn and f"rollout/inventory_accuracy_{run}" in dyn
     for metric in ("agent/bc_nll_heldout", "imagination/return_before", "imagination/return_after"):
         assert metric in shown, metric

@@ -40,7 +40,7 @@ from dreamer4.train import checkpoint as ckpt
 from dreamer4.train.config import TrainConfig, deepspeed_config, resolve_precision
 from dreamer4.train.ema import Ema
 from dreamer4.train.launch import die_with_parent, in_worker, relaunch, single_process_env
-from dreamer4.train.metrics import Exporter, History
+from dreamer4.train.metrics import SPEED, Exporter, History
 from dreamer4.train.sequences import SequenceSpec, sequence_loader
 
 # Train settings that do not change what is learned: editing them keeps resuming.
@@ -115,17 +115,8 @@ def add_draws(model: nn.Module) -> nn.Module:
     return model
 
 
-# Per-window speed figures: in the DVC plot and Prometheus, not in the final DVC metrics.
-SCALARS = (
-    "grad_norm",
-    "lr",
-    "steps_per_second",
-    "samples_per_second",
-    "tokens_per_second",
-    "data_wait",
-    "gpu_memory",
-    "minutes",
-)
+# Per-window figures: in the DVC plot (or speed.tsv) and Prometheus, not in the final metrics.
+SCALARS = ("grad_norm", "lr", *SPEED)
 
 
 class NonFiniteLoss(StageError):
