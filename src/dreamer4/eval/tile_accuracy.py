@@ -14,9 +14,11 @@ own textures and drawing functions:
 - an inventory slot is the count 0–9 of its item (slot i always shows item i, blank at 0).
 
 `tile_accuracy(decoded, real)` is the share of view tiles whose class in the decoded frame is
-the class in the real frame; `inventory_accuracy` the share of the real frame's non-empty slots
-whose count is read the same. The classifier itself is checked against Crafter's semantic map
-and true inventory on real frames (tests/test_tile_accuracy.py): comparing two frames under
+the class in the real frame; `inventory_accuracy` the share of the slots non-empty in either
+frame whose count is read the same. Classification runs in fp32 on the CPU whatever the
+caller's device and autocast (in bf16 the template residuals lose most of their digits).
+The classifier itself is checked against Crafter's semantic map and true inventory on real
+frames (tests/test_tile_accuracy.py): comparing two frames under
 one classifier makes its rare night-time errors count against neither side.
 
 Frames are classified at Crafter's render size (64: 7-pixel tiles); frames at another
@@ -148,8 +150,9 @@ class TileClassifier:
         return torch.tensor(np.stack(slots), dtype=torch.float32)
 
     def _uint8(self, frames: Tensor) -> Tensor:
-        """(…, H, W, 3) uint8 or float in [-1, 1] → (N, size, size, 3) float 0…255."""
-        x = frames.reshape(-1, *frames.shape[-3:])
+        """(…, H, W, 3) uint8 or float in [-1, 1] → (N, size, size, 3) float32 0…255 on the
+        CPU, where the templates are (frames may come from a GPU)."""
+        x = frames.detach().reshape(-1, *frames.shape[-3:]).cpu()
         x = x.float() if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) * 127.5
         if x.shape[1] != self.size:
             x = torch.nn.functional.interpolate(
@@ -166,6 +169,7 @@ class TileClassifier:
         grid = grid.reshape(x.shape[0], rows, u, GRID[0], u, 3).permute(0, 1, 3, 2, 4, 5)
         return grid.reshape(x.shape[0], rows, GRID[0], u * u * 3)
 
+    @torch.autocast("cpu", enabled=False)  # bf16 loses the residuals below (≈10⁷ − 10⁷)
     def view(self, frames: Tensor) -> Tensor:
         """Class index of each view tile, (N, 7, 9), N = all leading dims of `frames`."""
         tiles = self._tiles(self._uint8(frames), VIEW_ROWS, 0)
@@ -176,6 +180,7 @@ class TileClassifier:
         best = (flat * flat).sum(-1, keepdim=True) - fit
         return self.view_labels[best.argmin(-1)].reshape(tiles.shape[:3])
 
+    @torch.autocast("cpu", enabled=False)
     def inventory(self, frames: Tensor) -> Tensor:
         """Count shown in each item slot, (N, items)."""
         tiles = self._tiles(self._uint8(frames), ITEM_ROWS, VIEW_ROWS)
@@ -203,11 +208,11 @@ def tile_accuracy(decoded: Tensor, real: Tensor, size: int = 64) -> Tensor:
 
 
 def inventory_accuracy(decoded: Tensor, real: Tensor, size: int = 64) -> Tensor:
-    """Per frame: share of the real frame's non-empty inventory slots read with the same
-    count in `decoded` (NaN for a frame with an empty inventory)."""
+    """Per frame: share of the inventory slots non-empty in either frame whose count reads the
+    same in both (an invented item counts against `decoded`; NaN where both are empty)."""
     c = classifier(size)
     truth, seen = c.inventory(real), c.inventory(decoded)
-    shown = truth > 0
+    shown = (truth > 0) | (seen > 0)
     hits = ((truth == seen) & shown).float().sum(1)
     acc = hits / shown.float().sum(1)
     return acc.reshape(real.shape[:-3])

@@ -119,7 +119,9 @@ class KVCache:
         batch of environments leave it; the others go on unchanged)."""
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             if k is not None and v is not None:
-                s = k.shape[0] // batch
+                s, rest = divmod(k.shape[0], batch)
+                if rest:
+                    raise ValueError(f"a cache of {k.shape[0]} rows is not {batch} batch rows")
                 self.keys[i] = k.view(batch, s, *k.shape[1:])[rows].flatten(0, 1)
                 self.values[i] = v.view(batch, s, *v.shape[1:])[rows].flatten(0, 1)
 

@@ -17,7 +17,8 @@ generated once, then each agent plays its own copy). Agents see frames resized t
 resolution as `ingest` resizes the data; actions are sampled, never argmax. BC, WM+BC and
 Dreamer 4 are prompted along the tech tree (`eval/prompted_play.py`, paper Table 6). Episode i of
 agent a samples with its own generator seeded by (seed, a, i), so results do not depend on the
-worker count, the batch, or on which other agents run (a: the agent's place in `AGENTS`). Worlds are
+worker count, the batch (draws; a GPU's batched kernels may still round differently), or on
+which other agents run (a: the agent's place in `AGENTS`). Worlds are
 deterministic per seed (`envs/crafter_env.py`).
 
 Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`

@@ -188,7 +188,7 @@ class WorldModelJob(Job):
         per_step = {k: (v if k == "step" else v.float().nanmean(0)).cpu() for k, v in rows.items()}
         if final and is_rank0():
             self.write_rollouts(per_step, base["real"], shown)
-        metrics = {f"rollout/{k}": float(v.mean()) for k, v in per_step.items() if k != "step"}
+        metrics = {f"rollout/{k}": float(v.nanmean()) for k, v in per_step.items() if k != "step"}
         metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
         return metrics
 
