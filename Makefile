@@ -60,8 +60,6 @@ MUTANTS := 'dreamer4.shortcut.*' 'dreamer4.tokenizer.*' 'dreamer4.agent.*' 'drea
 	'dreamer4.stages.finetune_agent.x?AgentJob?loss*' \
 	'dreamer4.stages.finetune_agent.x?AgentJob?task*' \
 	'dreamer4.stages.finetune_agent.x?AgentJob?_agent_*' \
-	'dreamer4.stages.train_policy.x_policy_terms*' \
-	'dreamer4.stages.train_policy.x_prompt_tasks*' \
 	'dreamer4.stages.train_policy.x?PolicyJob?loss*'
 mutate: setup
 	rm -rf mutants && mkdir mutants

@@ -21,9 +21,9 @@ from world_model_speed import timed  # bench/ is the script's folder, on sys.pat
 from dreamer4.agent import Agent, AgentConfig, policy_module
 from dreamer4.dynamics import DynamicsConfig
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
-from dreamer4.imagination import imagine
+from dreamer4.imagination import ImaginationConfig, imagine
 from dreamer4.params import load_profile
-from dreamer4.stages.train_policy import ImaginationConfig, policy_terms
+from dreamer4.pmpo import policy_terms
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Counts the mutants whose names match the given fnmatch patterns (the ones `make mutate` runs:
 whole paper modules, the loss functions only of the stage modules), per module:
 
-    python bench/mutation_table.py 'dreamer4.pmpo.*' 'dreamer4.stages.train_policy.x_policy_terms*'
+    python bench/mutation_table.py 'dreamer4.pmpo.*'
 
 Killed includes timeouts (the mutant hung or ran 30× longer than the tests) and crashes;
 "no tests", "not checked" and mutmut's other statuses count against the rate. With

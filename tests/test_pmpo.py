@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from dreamer4.agent import policy_module
-from dreamer4.imagination import imagine
-from dreamer4.pmpo import lambda_returns, pmpo_loss
-from dreamer4.stages.train_policy import ImaginationConfig, policy_terms
+from dreamer4.imagination import ImaginationConfig, imagine
+from dreamer4.pmpo import lambda_returns, pmpo_loss, policy_terms
 from tests.test_agent import small_agent
 
 
@@ -204,7 +203,7 @@ def test_pmpo_raises_the_better_action_under_a_positive_base_reward(one_thread: 
 
 
 def test_prompt_tasks_keep_the_context_task_else_draw_a_known_one():
-    from dreamer4.stages.train_policy import prompt_tasks
+    from dreamer4.imagination import prompt_tasks
 
     task = torch.tensor([2, -1, 0, -1])
     assert prompt_tasks(task, [5]).tolist() == [2, 5, 0, 5]
@@ -233,7 +232,7 @@ def test_policy_job_loss_is_policy_terms_of_the_rollout_and_warms_up_the_value()
     context window), and its warm-up counts optimizer steps, not micro-steps. The values of the
     terms themselves are checked by hand in tests/stages/test_policy_terms.py."""
     from dreamer4.dynamics import shift_actions
-    from dreamer4.stages.train_policy import prompt_tasks
+    from dreamer4.imagination import prompt_tasks
 
     cfg = ImaginationConfig(horizon=2, steps=2, context_window=2, value_warmup=1)
     job = _policy_job(cfg, grad_accum=2)

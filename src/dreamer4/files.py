@@ -48,9 +48,9 @@ def content_hash(path: Path) -> str:
 
 def swap_in_folder(tmp: Path, out: Path, marker: str, kind: str) -> None:
     """Replace `out` by the finished folder `tmp` (same parent): an existing `out` must hold
-    `marker`, so a stage never deletes a folder it did not write."""
+    `marker` or be empty, so a stage never deletes a folder it did not write."""
     if out.exists():
-        if not (out / marker).is_file():
+        if not (out / marker).is_file() and any(out.iterdir()):
             raise StageError(f"{out}: exists and is not {kind}; not replacing it")
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -59,8 +59,8 @@ def swap_in_folder(tmp: Path, out: Path, marker: str, kind: str) -> None:
 @contextmanager
 def staged_folder(out: Path, marker: str, kind: str) -> Iterator[Path]:
     """A fresh folder beside `out` to write into; on success it replaces `out` whole
-    (`swap_in_folder`: an existing `out` must hold `marker`), on failure it is removed and `out`
-    stays as it was."""
+    (`swap_in_folder`: an existing `out` must hold `marker` or be empty), on failure it is
+    removed and `out` stays as it was."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

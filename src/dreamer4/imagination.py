@@ -18,12 +18,53 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from dreamer4.agent import Agent
+from dreamer4.errors import StageError
 from dreamer4.shortcut import ShortcutConfig, as_context, constant, denoise, randn_like
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    horizon: int = 16  # imagined steps per rollout
+    context: int = 8  # real frames before the first imagined one
+    context_window: int = 0  # most frames the KV cache keeps (0 = context + horizon)
+    steps: int = 4  # shortcut steps per imagined frame (K)
+    gamma: float = 0.997
+    lam: float = 0.95
+    alpha: float = 0.5  # PMPO weight of the positive set
+    beta: float = 0.3  # PMPO weight of KL(π ‖ π_prior)
+    # The value head starts at 0, far below its fixed point (docs/agent.md, "Phase 3"):
+    value_warmup: int = 50  # first optimizer steps train the value only, the policy frozen
+    value_lr: float = 3e-3  # the value head's own peak learning rate (policy: train.lr)
+    center_advantages: bool = True  # A − mean(A) over the batch before PMPO takes its sign
+
+    @property
+    def window(self) -> int | None:
+        return self.context_window or None
+
+
+def known_tasks(data: Path, tasks: tuple[str, ...]) -> list[int]:
+    """Indices of the tasks some episode of the data reaches (prompts for task-less contexts)."""
+    seen = set(pd.read_parquet(Path(data) / "steps.parquet", columns=["task"])["task"].dropna())
+    known = [i for i, t in enumerate(tasks) if t in seen]
+    if not known:
+        raise StageError(f"{data}: no episode reaches any task ({', '.join(tasks)})")
+    return known
+
+
+def prompt_tasks(
+    task: Tensor, known: list[int], generator: torch.Generator | None = None
+) -> Tensor:
+    """Each rollout's task: its context's task at the last frame, else a known task at random."""
+    pool = torch.tensor(known, device=task.device)
+    pick = torch.randint(0, len(pool), task.shape, generator=generator, device=pool.device)
+    return torch.where(task >= 0, task, pool[pick])
 
 
 @dataclass

@@ -22,8 +22,13 @@ is the reverse direction of the original PMPO, as the paper states. An empty D±
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from dreamer4.imagination import ImaginationConfig, Rollout
 
 
 def lambda_returns(
@@ -63,4 +68,40 @@ def pmpo_loss(
         "negative": negative,
         "kl": kl_mean,
         "positive_fraction": pos.float().mean(),
+    }
+
+
+def policy_terms(
+    model: Any, rollout: Rollout, cfg: ImaginationConfig, train_policy: bool = True
+) -> dict[str, Any]:
+    """Value (eq. 10) and PMPO (eq. 11) losses on one batch of rollouts of `model`.
+
+    train_policy False (the value warm-up): "loss" is the value loss alone, the PMPO terms are
+    still reported. With `cfg.center_advantages` the sign PMPO uses is that of A − mean(A);
+    "positive_fraction" is always that of the raw A = R^λ − v (the value head's bias shows)."""
+    agent = model.agent
+    value_logits = model.value(rollout.features, 1)[:, :, 0]  # (B, H + 1, bins)
+    values = agent.twohot.decode(value_logits).detach()
+    returns = lambda_returns(rollout.rewards, values, rollout.continues, cfg.gamma, cfg.lam)
+    value_loss = agent.twohot.loss(value_logits[:, :-1], returns).mean()
+    states = rollout.features[:, :-1]
+    logits = agent.policy(states, 1)[:, :, 0]
+    prior = model.prior(states, 1)[:, :, 0]
+    log_prob, _ = agent.space.log_prob(logits, rollout.actions)
+    kl = agent.space.kl(logits, prior)
+    advantage = returns - values[:, :-1]
+    signed = advantage - advantage.mean() if cfg.center_advantages else advantage
+    pmpo = pmpo_loss(log_prob, signed, kl, cfg.alpha, cfg.beta)
+    return {
+        # × 0 keeps the policy in the graph: zero gradients, not missing ones (ZeRO reduces all)
+        "loss": pmpo["loss"] * float(train_policy) + value_loss,
+        "policy": pmpo["loss"],
+        "value": value_loss,
+        "kl": pmpo["kl"],
+        "positive_fraction": (advantage >= 0).float().mean(),
+        "entropy": agent.space.entropy(logits).mean(),
+        "return": rollout.rewards.sum(1).mean(),
+        "values": values.mean(),
+        "returns": returns,
+        "values_all": values,
     }

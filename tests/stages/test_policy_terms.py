@@ -16,8 +16,8 @@ import torch
 
 from dreamer4.agent import Agent, AgentConfig, policy_module
 from dreamer4.dynamics import DynamicsConfig
-from dreamer4.imagination import Rollout, imagine
-from dreamer4.stages.train_policy import ImaginationConfig, policy_terms
+from dreamer4.imagination import ImaginationConfig, Rollout, imagine
+from dreamer4.pmpo import policy_terms
 
 TASKS = ("collect_wood", "place_table")
 B, H, WIDTH, ACTIONS = 3, 4, 16, 5

@@ -18,11 +18,21 @@ player seed derive from (seed, i) alone, and Crafter is made deterministic
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from dreamer4.envs.crafter_env import episode_seed, make_env, reseed
+from dreamer4.envs.play import play_episode
+from dreamer4.envs.scripted_player import ScriptedPlayer
+from dreamer4.episodes.crafter_format import stats_line, write_crafter_episode
+from dreamer4.episodes.readers import find_raw_episodes
+from dreamer4.files import atomic_path, atomic_write_text
+from dreamer4.parallel import imap_workers
 from dreamer4.params import ParamsError, Settings
 
 _ENV: dict[str, Any] = {}
@@ -46,7 +56,6 @@ def episode_plan(
     seed: int, episodes: int, skill: float | None, skills: list[float], weights: list[float]
 ) -> list[dict[str, Any]]:
     """Per episode: id, world seed, player seed and skill, from (seed, index) alone."""
-    from dreamer4.envs.crafter_env import episode_seed
 
     if skill is None and (len(skills) != len(weights) or not skills):
         raise ParamsError("collect: skills and skill_weights must be non-empty and equally long")
@@ -70,10 +79,6 @@ def episode_plan(
 
 def _record(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: play and write one episode; return its stats.jsonl line."""
-    from dreamer4.envs.crafter_env import make_env, reseed
-    from dreamer4.envs.play import play_episode
-    from dreamer4.envs.scripted_player import ScriptedPlayer
-    from dreamer4.episodes.crafter_format import stats_line, write_crafter_episode
 
     key = (job["size"], job["max_steps"])
     if _ENV.get("key") != key:
@@ -105,12 +110,6 @@ def collect(
     env: str = "crafter",
 ) -> list[dict[str, Any]]:
     """Record `episodes` episodes into `out`; returns the stats.jsonl lines in episode order."""
-    import json
-
-    from tqdm import tqdm
-
-    from dreamer4.files import atomic_write_text
-    from dreamer4.parallel import imap_workers
 
     if env != "crafter":
         raise ParamsError(
@@ -137,7 +136,6 @@ def collect(
 
 def _refuse_foreign_episodes(out: Path, ids: set[str]) -> None:
     """Stop before mixing this run with other episodes already in `out` (nothing is deleted)."""
-    from dreamer4.episodes.readers import find_raw_episodes
 
     if not out.is_dir():
         return
@@ -158,10 +156,6 @@ def import_recordings(
     half-written episode. VPT's `-options.json` sidecars come along. `keep`: ids already in
     `out` that belong there (episodes just recorded); any other stops the import.
     """
-    import shutil
-
-    from dreamer4.episodes.readers import find_raw_episodes
-    from dreamer4.files import atomic_path
 
     found = find_raw_episodes(source)
     if not found:
@@ -182,7 +176,6 @@ def import_recordings(
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.episodes.readers import find_raw_episodes
 
     settings = Settings.load(args, "collect")
     prm = settings.own

@@ -23,11 +23,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import great_expectations as gx
 import numpy as np
 import pandas as pd
+import torch
+from tqdm import tqdm
 
+from dreamer4.episodes.dataset import load_chunk, write_json
+from dreamer4.episodes.validation import run_suites
 from dreamer4.errors import StageError
+from dreamer4.files import staged_folder
 from dreamer4.params import Settings
+from dreamer4.tokenizer import TokenizerConfig, load_tokenizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,9 +70,6 @@ def latent_table(folder: Path, steps: pd.DataFrame) -> pd.DataFrame:
 
 def validate_latents(folder: Path, latents: int, channels: int) -> Any:
     """The great-expectations suite over the latents on disk (also the Dagster asset check)."""
-    import great_expectations as gx
-
-    from dreamer4.episodes.validation import run_suites
 
     steps = pd.read_parquet(folder / "steps.parquet")
     table = latent_table(folder, steps)
@@ -91,12 +95,6 @@ def validate_latents(folder: Path, latents: int, channels: int) -> Any:
 
 
 def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, Any]:
-    import torch
-    from tqdm import tqdm
-
-    from dreamer4.episodes.dataset import load_chunk, write_json
-    from dreamer4.files import staged_folder
-    from dreamer4.tokenizer import TokenizerConfig, load_tokenizer
 
     model, config = load_tokenizer(tokenizer_dir)
     cfg = model.cfg
@@ -160,7 +158,6 @@ def encode(tokenizer_dir: Path, data: Path, out: Path, batch: int) -> dict[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     settings = Settings.load(args, "encode")
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -37,17 +37,31 @@ per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` read
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from dreamer4.agent import ActionSpace, load_agent, load_policy
+from dreamer4.envs.crafter_env import make_env, reseed
+from dreamer4.episodes.actions import CRAFTER_ACTIONS
+from dreamer4.episodes.crafter_format import read_jsonl
+from dreamer4.episodes.dataset import write_json
+from dreamer4.episodes.episode import EpisodeError
 from dreamer4.errors import StageError
+from dreamer4.eval.agent_player import AgentPlayer, RandomPlayer
+from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
+from dreamer4.eval.report import Report
+from dreamer4.eval.tables import episode_rows, headline_table, success_table, time_to_milestone
+from dreamer4.files import atomic_path, staged_folder
+from dreamer4.parallel import imap_workers
+from dreamer4.params import Settings
+from dreamer4.tokenizer import load_tokenizer
 
 AGENTS: dict[str, str] = {
     "random": "Random",
@@ -98,8 +112,6 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Stats lines of the recorded Crafter episodes (from their JSON lines, which carry the
     step of each achievement), and why each episode that does not parse was skipped (as
     `ingest` quarantines it)."""
-    from dreamer4.episodes.crafter_format import read_jsonl
-    from dreamer4.episodes.episode import EpisodeError
 
     stats, skipped = [], []
     for path in sorted(raw.rglob("*.jsonl")):
@@ -135,8 +147,6 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
 def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[str, ...]]:
     """An `AgentPlayer` for a phase-2 agent folder or a phase-3 policy folder (its trained
     policy head), with the context it was trained on; and its task vocabulary."""
-    from dreamer4.agent import load_agent, load_policy
-    from dreamer4.eval.agent_player import AgentPlayer
 
     config_file = Path(folder) / "config.json"
     if not config_file.is_file():
@@ -157,20 +167,13 @@ def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[
 
 def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, tuple, Any]:
     """Worker: the player of one agent (loaded once per process), its tasks and resolution."""
-    import torch
 
     players = _WORKER.setdefault("players", {})
     if (name, folder) not in players:
         if name == "random":
-            from dreamer4.agent import ActionSpace
-            from dreamer4.episodes.actions import CRAFTER_ACTIONS
-            from dreamer4.eval.agent_player import RandomPlayer
-
             space = ActionSpace((("crafter", "categorical", len(CRAFTER_ACTIONS)),))
             players[name, folder] = (RandomPlayer(space), (), None)
         else:
-            from dreamer4.tokenizer import load_tokenizer
-
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             if _WORKER.get("tokenizer_key") != tokenizer:  # one load per worker, not per agent
                 _WORKER["tokenizer_key"] = tokenizer
@@ -185,12 +188,6 @@ def _play_worlds(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Worker: every agent plays a batch of world seeds in lockstep, each episode from its own
     copy of the world as generated (Crafter's world generation costs seconds; a copy,
     milliseconds)."""
-    import copy
-
-    import torch
-
-    from dreamer4.envs.crafter_env import make_env, reseed
-    from dreamer4.eval.prompted_play import play_prompted_batch, prompt_indices
 
     torch.set_num_threads(job["threads"])
     key = (job["size"], job["max_steps"])
@@ -247,7 +244,6 @@ def play_agents(
     """Play every seed with every agent (key → model folder, None for random) in worker
     processes, `batch` world seeds per job played in lockstep: stats lines per agent (in seed
     order) and the first episode's clip per agent."""
-    from dreamer4.parallel import imap_workers
 
     listed = [(name, None if f is None else str(f)) for name, f in agents.items()]
     jobs = [
@@ -286,44 +282,9 @@ def evaluate(
 ) -> pd.DataFrame:
     """Evaluate, write the report folder (swapped in whole) and the DVC metrics; returns the
     headline table."""
-    from dreamer4.eval.prompted_play import MILESTONES
-    from dreamer4.eval.report import Report
-    from dreamer4.eval.tables import (
-        episode_rows,
-        headline_table,
-        success_table,
-        time_to_milestone,
-    )
 
-    unknown = [a for a in agents if a not in AGENTS]
-    if unknown:
-        raise StageError(f"evaluate: unknown agents {unknown} (choose from {list(AGENTS)})")
-    raw = folders.get("raw")
-    if raw is not None and Path(raw).is_dir():
-        overlap = sorted(collected_seeds(Path(raw)) & set(seeds))
-        if overlap:
-            raise StageError(
-                f"{raw}: world seeds {overlap[:5]} were collected; evaluation seeds must be "
-                "held out (choose another first_seed or --seeds)"
-            )
-    recorded: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    if "behaviour" in agents:  # read first: a bad raw folder fails before the long part
-        if raw is None or not Path(raw).is_dir():
-            raise StageError(f"{raw}: no raw episodes for the behaviour-data row")
-        recorded, skipped = behaviour_stats(Path(raw))
-        if not recorded:
-            raise StageError(f"{raw}: no Crafter recordings (JSON lines) for the behaviour row")
-        for message in skipped:
-            print(f"evaluate: behaviour row skips {message}", file=sys.stderr)
+    recorded, skipped = _check_inputs(agents, folders, seeds)
     played = {a: None if a == "random" else folders[a] for a in agents if a != "behaviour"}
-    for a, folder in played.items():
-        if a != "random" and (folder is None or not (Path(folder) / "config.json").is_file()):
-            raise StageError(f"{folder}/config.json: missing, cannot evaluate {AGENTS[a]}")
-    if any(a != "random" for a in played):
-        tok = folders.get("tokenizer")
-        if tok is None or not (Path(tok) / "config.json").is_file():
-            raise StageError(f"{tok}/config.json: missing (the tokenizer the agents read with)")
     stats, clips = (
         ({}, {})
         if not played
@@ -343,13 +304,74 @@ def evaluate(
         stats = {"behaviour": recorded, **stats}
     order = [a for a in AGENTS if a in stats]
     episodes = pd.concat([episode_rows(a, stats[a]) for a in order], ignore_index=True)
-    success = success_table(episodes)
     headline = headline_table(episodes, MILESTONES, AGENTS)
-    timing = time_to_milestone(episodes, MILESTONES, AGENTS)
+    context = {
+        "seeds": f"{seeds[0]}:{seeds[-1] + 1}",
+        **settings,
+        "agents": order,
+        **({"behaviour episodes skipped (unreadable)": len(skipped)} if skipped else {}),
+    }
+    _write_report(out, stats, order, episodes, headline, clips, folders, metrics_root, context)
+    if metrics is not None:
+        _metrics(metrics, headline, order)
+    return headline
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+def _check_inputs(
+    agents: list[str], folders: dict[str, Path | None], seeds: list[int]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fail before the long part on anything missing or wrong; returns the behaviour row's
+    stats lines and the recordings it skipped (both empty without that row)."""
+
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise StageError(f"evaluate: unknown agents {unknown} (choose from {list(AGENTS)})")
+    raw = folders.get("raw")
+    if raw is not None and Path(raw).is_dir():
+        overlap = sorted(collected_seeds(Path(raw)) & set(seeds))
+        if overlap:
+            raise StageError(
+                f"{raw}: world seeds {overlap[:5]} were collected; evaluation seeds must be "
+                "held out (choose another first_seed or --seeds)"
+            )
+    recorded: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    if "behaviour" in agents:
+        if raw is None or not Path(raw).is_dir():
+            raise StageError(f"{raw}: no raw episodes for the behaviour-data row")
+        recorded, skipped = behaviour_stats(Path(raw))
+        if not recorded:
+            raise StageError(f"{raw}: no Crafter recordings (JSON lines) for the behaviour row")
+        for message in skipped:
+            print(f"evaluate: behaviour row skips {message}", file=sys.stderr)
+    models = [a for a in agents if a not in ("random", "behaviour")]
+    for a in models:
+        folder = folders[a]
+        if folder is None or not (Path(folder) / "config.json").is_file():
+            raise StageError(f"{folder}/config.json: missing, cannot evaluate {AGENTS[a]}")
+    if models:
+        tok = folders.get("tokenizer")
+        if tok is None or not (Path(tok) / "config.json").is_file():
+            raise StageError(f"{tok}/config.json: missing (the tokenizer the agents read with)")
+    return recorded, skipped
+
+
+def _write_report(
+    out: Path,
+    stats: dict[str, list[dict[str, Any]]],
+    order: list[str],
+    episodes: pd.DataFrame,
+    headline: pd.DataFrame,
+    clips: dict[str, np.ndarray],
+    folders: dict[str, Path | None],
+    metrics_root: Path | None,
+    context: dict[str, Any],
+) -> None:
+    """The report folder, built aside and swapped in whole (`staged_folder`)."""
+
+    success = success_table(episodes)
+    timing = time_to_milestone(episodes, MILESTONES, AGENTS)
+    with staged_folder(out, "report.md", "an evaluation report") as tmp:
         for a in order:
             (tmp / a).mkdir()
             lines = [{k: v for k, v in s.items() if k != "first_step"} for s in stats[a]]
@@ -359,33 +381,10 @@ def evaluate(
         headline.to_csv(tmp / "headline.csv", float_format="%.2f")
         timing.to_csv(tmp / "time_to_milestone.csv", float_format="%.1f")
         report = Report(tmp, metrics_root, AGENTS, MILESTONES)
-        report.write(
-            headline,
-            success,
-            timing,
-            clips,
-            folders.get("imagination"),
-            {
-                "seeds": f"{seeds[0]}:{seeds[-1] + 1}",
-                **settings,
-                "agents": order,
-                **({"behaviour episodes skipped (unreadable)": len(skipped)} if skipped else {}),
-            },
-        )
-        from dreamer4.files import swap_in_folder
-
-        swap_in_folder(tmp, out, "report.md", "an evaluation report")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if metrics is not None:
-        _metrics(metrics, headline, order)
-    return headline
+        report.write(headline, success, timing, clips, folders.get("imagination"), context)
 
 
 def _metrics(metrics: Path, headline: pd.DataFrame, order: list[str]) -> None:
-    from dreamer4.episodes.dataset import write_json
-    from dreamer4.eval.prompted_play import MILESTONES
-    from dreamer4.files import atomic_path
 
     metrics.mkdir(parents=True, exist_ok=True)
     values: dict[str, float] = {}
@@ -417,7 +416,6 @@ def show(out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.params import Settings
 
     settings = Settings.load(args, "evaluate")
     own = settings.own

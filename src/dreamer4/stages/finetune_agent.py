@@ -34,20 +34,29 @@ event happens / does not) on held-out relevant windows.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+import torch
+from scipy.stats import mannwhitneyu
+from torch import nn
+
+from dreamer4.agent import Agent, AgentConfig, agent_loss, pursued_task, task_rewards
+from dreamer4.dynamics import DynamicsConfig, shift_actions, world_model_configs
 from dreamer4.errors import StageError
 from dreamer4.files import content_hash, read_config
-from dreamer4.stages.train_dynamics import as_float32
-from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS
-from dreamer4.train.engine import Job, add_draws, draw_generator
+from dreamer4.shortcut import ShortcutConfig, as_context, sample_tau_d, shortcut_loss
+from dreamer4.tokenizer import RunningRMS
+from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS, load_exported
+from dreamer4.train.engine import Job, TrainSettings, add_draws, draw_generator, train_stage
+from dreamer4.train.engine import add_arguments as engine_arguments
+from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch
 
 
 def task_vocabulary(data: Path) -> tuple[str, ...]:
     """The dataset's events, in column order: the tasks an agent can be prompted with."""
-    import pyarrow.parquet as pq
 
     names = pq.read_schema(Path(data) / "steps.parquet").names
     tasks = tuple(c.removeprefix("event/") for c in names if c.startswith("event/"))
@@ -93,11 +102,6 @@ class AgentJob(Job):
         }
 
     def build_model(self) -> Any:
-        from torch import nn
-
-        from dreamer4.agent import Agent
-        from dreamer4.tokenizer import RunningRMS
-        from dreamer4.train.checkpoint import load_exported
 
         model = nn.Module()
         model.agent = Agent(self.dynamics, self.agent)
@@ -114,10 +118,6 @@ class AgentJob(Job):
         return add_draws(model)
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import sample_tau_d, shortcut_loss
 
         z1 = batch["latents"].float()
         relevant = batch["relevant"]
@@ -157,7 +157,6 @@ class AgentJob(Job):
         """The one task convention of training, evaluation, imagination and play: the task the
         episode pursued as each frame arrived (`agent.pursued_task` of the step index's `task`).
         Agent tokens, reward targets and BC targets all take it from here."""
-        from dreamer4.agent import pursued_task
 
         return pursued_task(batch["task"])
 
@@ -165,15 +164,12 @@ class AgentJob(Job):
         self, agent: Any, z1: Any, batch: dict[str, Any], task: Any, gen: Any
     ) -> Any:
         """Agent outputs h (B, T, width) with the frames at the sampler's context level."""
-        from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import as_context
 
         inputs = as_context(z1, self.shortcut.context_noise, self.dynamics.k_max, gen)
         return agent(*inputs, shift_actions(batch), task)[1]
 
     @staticmethod
     def _agent_terms(agent: Any, h: Any, batch: dict[str, Any], task: Any) -> dict[str, Any]:
-        from dreamer4.agent import agent_loss
 
         actions = {
             k.removeprefix("action/"): v for k, v in batch.items() if k.startswith("action/")
@@ -188,32 +184,18 @@ class AgentJob(Job):
     def heldout(self) -> dict[str, Any]:
         """Fixed relevant windows of the eval split (the train split if eval has no event)."""
         if self._heldout is None:
-            from dataclasses import replace
-
-            import torch
-
-            from dreamer4.train.sequences import EpisodeSequences, WindowSampler
-
             for split in ("eval", "train"):
                 spec = replace(self.spec, split=split, relevant_fraction=1.0, image_fraction=0.0)
                 try:
                     data = EpisodeSequences(self.data, spec)
-                    windows = WindowSampler(data, self.eval_sequences, 4321, 0).windows(0)
+                    self._heldout = fixed_batch(data, self.eval_sequences, 4321)[0]
                     break
                 except StageError:
                     if split == "train":
                         raise
-            items = [data[w] for w in windows]
-            self._heldout = {
-                k: torch.stack([as_float32(torch.as_tensor(it[k])) for it in items])
-                for k in items[0]
-            }
         return self._heldout
 
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
-        import torch
-
-        from dreamer4.agent import task_rewards
 
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.heldout().items()}
@@ -240,7 +222,6 @@ def auroc(positive: Any, negative: Any) -> float:
     a random positive outscores a random negative (ties count half), i.e. Mann-Whitney U over
     the pair count. 0.5 = the reward head does not tell task events from other frames; NaN
     when either side is empty."""
-    from scipy.stats import mannwhitneyu
 
     pos, neg = positive.detach().cpu().double().numpy(), negative.detach().cpu().double().numpy()
     if not len(pos) or not len(neg):
@@ -249,7 +230,6 @@ def auroc(positive: Any, negative: Any) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamer4.train.engine import add_arguments as engine_arguments
 
     engine_arguments(p)
     p.add_argument("--world-model", default=None, help="world_model folder (phase 1 weights)")
@@ -261,12 +241,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from dreamer4.agent import AgentConfig
-    from dreamer4.dynamics import DynamicsConfig, world_model_configs
-    from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.train.engine import TrainSettings, train_stage
-    from dreamer4.train.sequences import SequenceSpec
 
     stage = "bc_baseline" if args.scratch else "finetune_agent"
     settings = TrainSettings.load(args, "finetune_agent")

@@ -28,10 +28,30 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import great_expectations as gx
 import numpy as np
 import pandas as pd
+import torch
 
+from dreamer4.agent import load_policy
+from dreamer4.dynamics import shift_actions
+from dreamer4.episodes.dataset import write_json
+from dreamer4.episodes.validation import run_suites
 from dreamer4.errors import StageError
+from dreamer4.files import atomic_path, staged_folder
+from dreamer4.imagination import (
+    ImaginationConfig,
+    Rollout,
+    imagine,
+    known_tasks,
+    prompt_tasks,
+)
+from dreamer4.params import Settings
+from dreamer4.pmpo import lambda_returns
+from dreamer4.preview import save_grid_gif
+from dreamer4.shortcut import ShortcutConfig
+from dreamer4.tokenizer import load_tokenizer
+from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
 POLICIES = ("bc", "dreamer4")  # the cloned prior (before phase 3), the trained policy (after)
 
@@ -48,9 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate_rollouts(table: pd.DataFrame, rollouts: int, horizon: int, low: float, high: float):
     """The great-expectations suite of the imagination dataset (also the Dagster asset check)."""
-    import great_expectations as gx
-
-    from dreamer4.episodes.validation import run_suites
 
     e = gx.expectations
     numeric = ["reward", "value", "return"]
@@ -76,16 +93,8 @@ def validate_rollouts(table: pd.DataFrame, rollouts: int, horizon: int, low: flo
     )
 
 
-def imagine_dataset(*args: Any) -> dict[str, Any]:
-    """Roll out, validate and write the imagination dataset (see the module docstring);
-    arguments as `_imagine_dataset`."""
-    import torch
-
-    with torch.no_grad():
-        return _imagine_dataset(*args)
-
-
-def _imagine_dataset(
+@torch.no_grad()
+def imagine_dataset(
     policy_dir: Path,
     data: Path,
     tokenizer_dir: Path | None,
@@ -95,78 +104,41 @@ def _imagine_dataset(
     batch: int,
     seed: int,
 ) -> dict[str, Any]:
-    import torch
-
-    from dreamer4.agent import load_policy
-    from dreamer4.dynamics import shift_actions
-    from dreamer4.imagination import imagine
-    from dreamer4.pmpo import lambda_returns
-    from dreamer4.shortcut import ShortcutConfig
-    from dreamer4.stages.train_policy import imagination_config, known_tasks, prompt_tasks
-    from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
+    """Roll out, validate and write the imagination dataset (see the module docstring)."""
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, config = load_policy(policy_dir)
     module.to(device).eval()
     model = config["model"]
-    cfg = imagination_config(model["imagination"])
+    cfg = ImaginationConfig(**model["imagination"])
     shortcut = ShortcutConfig(**model["shortcut"])
     agent = module.agent
     tasks = agent.cfg.tasks
-    steps = pd.read_parquet(data / "steps.parquet", columns=["split"])
-    split = "eval" if (steps["split"] == "eval").any() else "train"
+    split = heldout_split(data)
     spec = SequenceSpec(
         length=cfg.context, split=split, arrays=("latents",), fields=(), tasks=tasks
     )
     dataset = EpisodeSequences(data, spec)
-    windows = WindowSampler(dataset, contexts, seed, 0).windows(0)
+    contexts_batch, windows = fixed_batch(dataset, contexts, seed)
     known = known_tasks(data, tasks)
-    heads = {"bc": module.prior, "dreamer4": agent.policy}
-    rows, latents, returns = [], {p: [] for p in POLICIES}, {p: [] for p in POLICIES}
+    rows: list[dict[str, Any]] = []
+    latents: dict[str, list[np.ndarray]] = {p: [] for p in POLICIES}
+    returns: dict[str, list[np.ndarray]] = {p: [] for p in POLICIES}
     for lo in range(0, contexts, batch):
-        items = [dataset[w] for w in windows[lo : lo + batch]]
-        b = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+        b = {k: v[lo : lo + batch] for k, v in contexts_batch.items()}
         task = prompt_tasks(b["task"][:, -1], known, torch.Generator().manual_seed(seed + lo))
         b, task = {k: v.to(device) for k, v in b.items()}, task.to(device)
-        for name, head in heads.items():
-            # same noise for both policies; drawn on the CPU, so any device gives the same draws
-            gen = torch.Generator().manual_seed(seed + lo)
-            roll = imagine(
-                agent,
-                b["latents"].float(),
-                shift_actions(b),
-                task,
-                cfg.horizon,
-                cfg.steps,
-                shortcut,
-                policy=lambda h, head=head: head(h, 1)[:, 0],
-                generator=gen,
-                context_window=cfg.window,
+        for name in POLICIES:
+            roll, values, ret = _rollout(module, name, b, task, cfg, shortcut, seed + lo)
+            latents[name].append(roll.latents.cpu().half().numpy())
+            returns[name].append(roll.rewards.cpu().sum(1).numpy())
+            first = POLICIES.index(name) * contexts + lo
+            labels = [
+                (str(dataset.episode_ids[w.episode]), w.start) for w in windows[lo : lo + batch]
+            ]
+            rows += _rows(
+                name, first, labels, [tasks[int(t)] for t in task.cpu()], roll, values, ret
             )
-            values = agent.twohot.decode(module.value(roll.features, 1)[:, :, 0])
-            ret = lambda_returns(roll.rewards, values, roll.continues, cfg.gamma, cfg.lam)
-            roll_latents, roll_rewards = roll.latents.cpu(), roll.rewards.cpu()
-            values, ret = values.cpu(), ret.cpu()
-            acts, prompts = {k: v.cpu() for k, v in roll.actions.items()}, task.cpu()
-            latents[name].append(roll_latents.half().numpy())
-            returns[name].append(roll_rewards.sum(1).numpy())
-            for i, w in enumerate(windows[lo : lo + len(items)]):
-                rollout = POLICIES.index(name) * contexts + lo + i
-                for t in range(cfg.horizon):
-                    rows.append(
-                        {
-                            "rollout": rollout,
-                            "policy": name,
-                            "episode": str(dataset.episode_ids[w.episode]),
-                            "start": w.start,
-                            "task": tasks[int(prompts[i])],
-                            "step": t,
-                            **{f"action/{k}": int(v[i, t]) for k, v in acts.items()},
-                            "reward": float(roll_rewards[i, t]),
-                            "value": float(values[i, t]),
-                            "return": float(ret[i, t]),
-                        }
-                    )
     table = pd.DataFrame(rows)
     arrays = np.concatenate([np.concatenate(latents[p]) for p in POLICIES])
     report = validate_rollouts(
@@ -196,10 +168,72 @@ def _imagine_dataset(
     return summary
 
 
+def _rollout(
+    module: Any,
+    name: str,
+    b: dict[str, torch.Tensor],
+    task: torch.Tensor,
+    cfg: ImaginationConfig,
+    shortcut: ShortcutConfig,
+    seed: int,
+) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
+    """One policy's rollouts from a batch of contexts, with their decoded values and
+    λ-returns. Both policies get the same noise (seeded alike), drawn on the CPU so that any
+    device gives the same draws."""
+
+    agent = module.agent
+    head = {"bc": module.prior, "dreamer4": agent.policy}[name]
+    roll = imagine(
+        agent,
+        b["latents"].float(),
+        shift_actions(b),
+        task,
+        cfg.horizon,
+        cfg.steps,
+        shortcut,
+        policy=lambda h: head(h, 1)[:, 0],
+        generator=torch.Generator().manual_seed(seed),
+        context_window=cfg.window,
+    )
+    values = agent.twohot.decode(module.value(roll.features, 1)[:, :, 0])
+    ret = lambda_returns(roll.rewards, values, roll.continues, cfg.gamma, cfg.lam)
+    return roll, values, ret
+
+
+def _rows(
+    name: str,
+    first: int,
+    labels: list[tuple[str, int]],
+    prompts: list[str],
+    roll: Rollout,
+    values: torch.Tensor,
+    ret: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """One table row per imagined step; rollouts numbered from `first`, `labels` the
+    (episode, start) of each context."""
+
+    rewards, values, ret = roll.rewards.cpu(), values.cpu(), ret.cpu()
+    acts = {k: v.cpu() for k, v in roll.actions.items()}
+    return [
+        {
+            "rollout": first + i,
+            "policy": name,
+            "episode": episode,
+            "start": start,
+            "task": prompts[i],
+            "step": t,
+            **{f"action/{k}": int(v[i, t]) for k, v in acts.items()},
+            "reward": float(rewards[i, t]),
+            "value": float(values[i, t]),
+            "return": float(ret[i, t]),
+        }
+        for i, (episode, start) in enumerate(labels)
+        for t in range(rewards.shape[1])
+    ]
+
+
 def _write(out: Path, table: pd.DataFrame, arrays: np.ndarray, summary: dict, report: Any) -> None:
     """Write the folder next to `out`, then swap it in (a failed run leaves the old one)."""
-    from dreamer4.episodes.dataset import write_json
-    from dreamer4.files import staged_folder
 
     with staged_folder(out, "rollouts.parquet", "an imagination dataset") as tmp:
         table.to_parquet(tmp / "rollouts.parquet", index=False)
@@ -209,10 +243,6 @@ def _write(out: Path, table: pd.DataFrame, arrays: np.ndarray, summary: dict, re
 
 
 def _preview(path: Path, tokenizer_dir: Path, arrays: np.ndarray, contexts: int) -> None:
-    import torch
-
-    from dreamer4.preview import save_grid_gif
-    from dreamer4.tokenizer import load_tokenizer
 
     tok, _ = load_tokenizer(tokenizer_dir)
     shown = min(4, contexts)
@@ -227,8 +257,6 @@ def _preview(path: Path, tokenizer_dir: Path, arrays: np.ndarray, contexts: int)
 
 
 def _metrics(metrics: Path, table: pd.DataFrame, mean_return: dict[str, float]) -> None:
-    from dreamer4.episodes.dataset import write_json
-    from dreamer4.files import atomic_path
 
     metrics.mkdir(parents=True, exist_ok=True)
     per_rollout = table.groupby(["policy", "task", "rollout"])["reward"].sum().reset_index()
@@ -249,7 +277,6 @@ def _metrics(metrics: Path, table: pd.DataFrame, mean_return: dict[str, float]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.params import Settings
 
     settings = Settings.load(args, "imagine")
     own = settings.own

@@ -13,18 +13,18 @@ suites pass, so a failed ingest leaves no half-written output.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tqdm import tqdm
+
+from dreamer4.episodes.dataset import DatasetWriter, chunk_lengths, split_of, write_json
+from dreamer4.episodes.episode import Episode, EpisodeError
+from dreamer4.episodes.readers import RawEpisode, find_raw_episodes, read_raw_episode
+from dreamer4.episodes.validation import episode_table, validate
 from dreamer4.errors import StageError
+from dreamer4.files import staged_folder
 from dreamer4.params import Settings
-
-if TYPE_CHECKING:  # readers pull in PyAV and PIL: import them only when ingest runs
-    from dreamer4.episodes.episode import Episode
-    from dreamer4.episodes.readers import RawEpisode
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,20 +48,12 @@ def ingest(
     max_length: int = 1_000_000,
 ) -> dict[str, Any]:
     """Build the dataset at `out`; returns the summary also written to `dataset.json`."""
-    from tqdm import tqdm
-
-    from dreamer4.episodes.dataset import DatasetWriter, chunk_lengths, split_of, write_json
-    from dreamer4.episodes.episode import EpisodeError
-    from dreamer4.episodes.readers import find_raw_episodes
-    from dreamer4.episodes.validation import episode_table, validate
 
     out = Path(out)
     _check_out(Path(raw), out)
     raws = find_raw_episodes(raw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     quarantined: list[dict[str, Any]] = []
-    try:
+    with staged_folder(out, "dataset.json", "an episode dataset") as tmp:
         writer = DatasetWriter(tmp, chunk_frames)
         for r in tqdm(raws, desc="ingest", unit="episode"):
             ep = _read(r, resolution, min_length, max_length, quarantined)
@@ -99,11 +91,6 @@ def ingest(
             "validation": report.to_dict(),
         }
         write_json(tmp / "dataset.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -119,7 +106,6 @@ def _read(
     quarantined: list[dict[str, Any]],
 ) -> Episode | None:
     """The episode, or None after adding it to `quarantined` with the reason (also printed)."""
-    from dreamer4.episodes.readers import read_raw_episode
 
     try:
         ep = read_raw_episode(raw, resolution)

@@ -35,8 +35,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from dreamer4.dynamics import Dynamics, shift_actions, world_model_configs
 from dreamer4.errors import StageError
-from dreamer4.train.engine import Job, add_draws, draw_generator, is_rank0
+from dreamer4.eval.tile_accuracy import inventory_accuracy, is_crafter, tile_accuracy
+from dreamer4.files import atomic_path, read_config
+from dreamer4.preview import save_grid_gif
+from dreamer4.shortcut import generate, loss_norms, sample_tau_d, shortcut_loss
+from dreamer4.tokenizer import load_tokenizer, psnr, ssim
+from dreamer4.train.engine import (
+    Job,
+    TrainSettings,
+    add_draws,
+    draw_generator,
+    is_rank0,
+    train_stage,
+)
+from dreamer4.train.engine import add_arguments as engine_arguments
+from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
 ROLLOUT_TSV, ROLLOUT_GIF = "rollout.tsv", "rollout.gif"
 # SequenceSpec fields the stage sets (the rest come from `sequence:` in params)
@@ -89,10 +109,6 @@ class WorldModelJob(Job):
         }
 
     def build_model(self) -> Any:
-        from torch import nn
-
-        from dreamer4.dynamics import Dynamics
-        from dreamer4.shortcut import loss_norms
 
         model = nn.Module()
         model.dynamics = Dynamics(self.model_cfg)
@@ -100,10 +116,6 @@ class WorldModelJob(Job):
         return add_draws(model)  # (τ, d) alike on all ranks: see `loss`
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import sample_tau_d, shortcut_loss
 
         z1 = batch["latents"].float()
         drop = torch.rand(z1.shape[0], device=z1.device) < self.unlabelled
@@ -133,29 +145,17 @@ class WorldModelJob(Job):
     def heldout(self) -> dict[str, Any]:
         """Fixed held-out windows: latents, shifted actions, and the real frames."""
         if self._heldout is None:
-            import numpy as np
-            import pandas as pd
-            import torch
-
-            from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
-
-            steps = pd.read_parquet(self.data / "steps.parquet", columns=["split"])
-            split = "eval" if (steps["split"] == "eval").any() else "train"
+            split = heldout_split(self.data)
             length = self.rollout["context"] + self.rollout["horizon"]
             spec = SequenceSpec(length=length, split=split, arrays=("latents",), fields=())
             data = EpisodeSequences(self.data, spec)
-            windows = WindowSampler(data, self.rollout["sequences"], 4321, 0).windows(0)
-            items = [data[w] for w in windows]
+            batch, windows = fixed_batch(data, self.rollout["sequences"], 4321)
             frames = EpisodeSequences(
                 self.episodes, SequenceSpec(length=length, split=split, actions=False, fields=())
             )
             if not np.array_equal(frames.episode_ids, data.episode_ids):
                 raise StageError(f"{self.data} and {self.episodes} index different episodes")
-            batch = {  # float16 latents as float32: under CPU autocast stack rejects float16
-                k: torch.stack([as_float32(it[k]) for it in items])
-                for k in items[0]
-                if k not in ("independent", "relevant")
-            }
+            batch = {k: v for k, v in batch.items() if k not in ("independent", "relevant")}
             batch["frames"] = torch.stack([frames[w]["frames"] for w in windows])
             self._heldout = batch
         return self._heldout
@@ -163,10 +163,6 @@ class WorldModelJob(Job):
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
         """Rollouts at K=4 every `eval_every` steps (a curve against time), at K=4 and K=k_max
         at the end; the baselines (frozen tokenizer) are decoded once."""
-        import torch
-
-        from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import generate
 
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.heldout().items()}
@@ -196,10 +192,6 @@ class WorldModelJob(Job):
         """The real frames, a decoder for latents, and the per-sequence scores of the tokenizer's
         ceiling and the copy-last baselines (cached: the tokenizer is frozen)."""
         if self._baselines is None:
-            import torch
-
-            from dreamer4.tokenizer import load_tokenizer
-
             tok = load_tokenizer(self.tokenizer_dir)[0].to(batch["latents"].device)
             c, h = self.rollout["context"], self.rollout["horizon"]
             latents = batch["latents"].float()
@@ -224,12 +216,9 @@ class WorldModelJob(Job):
 
     def fidelity(self, name: str, frames: Any, real: Any) -> dict[str, Any]:
         """(B, horizon) PSNR, SSIM and, on Crafter, tile and inventory accuracy of `frames`."""
-        from dreamer4.tokenizer import psnr, ssim
 
         out = {f"psnr_{name}": psnr(frames, real), f"ssim_{name}": ssim(frames, real)}
         if self.crafter:
-            from dreamer4.eval.tile_accuracy import inventory_accuracy, tile_accuracy
-
             out[f"tile_accuracy_{name}"] = tile_accuracy(frames, real)
             out[f"inventory_accuracy_{name}"] = inventory_accuracy(frames, real)
         return out
@@ -237,10 +226,6 @@ class WorldModelJob(Job):
     def action_shuffle_ratio(self, model: Any, batch: dict[str, Any]) -> float:
         """Held-out shortcut loss with the actions shuffled across the batch over the loss with
         the true actions, same noise and (τ, d): > 1 means the model uses the actions."""
-        import torch
-
-        from dreamer4.dynamics import shift_actions
-        from dreamer4.shortcut import sample_tau_d, shortcut_loss
 
         z1 = batch["latents"].float()
         b, t = z1.shape[:2]
@@ -260,10 +245,6 @@ class WorldModelJob(Job):
         return losses[1] / max(losses[0], 1e-12)
 
     def write_rollouts(self, per_step: dict[str, Any], real: Any, shown: dict[int, Any]) -> None:
-        import pandas as pd
-
-        from dreamer4.files import atomic_path
-        from dreamer4.preview import save_grid_gif
 
         self.metrics.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame({k: v.numpy() for k, v in per_step.items()})
@@ -273,13 +254,7 @@ class WorldModelJob(Job):
         save_grid_gif(self.metrics / ROLLOUT_GIF, columns)
 
 
-def as_float32(x: Any) -> Any:
-    """Floating tensors as float32 (the stored latents are float16), others unchanged."""
-    return x.float() if x.is_floating_point() else x
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamer4.train.engine import add_arguments as engine_arguments
 
     engine_arguments(p)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (to decode rollouts)")
@@ -287,11 +262,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.dynamics import world_model_configs
-    from dreamer4.eval.tile_accuracy import is_crafter
-    from dreamer4.files import read_config
-    from dreamer4.train.engine import TrainSettings, train_stage
-    from dreamer4.train.sequences import SequenceSpec
 
     settings = TrainSettings.load(args, WorldModelJob.stage)
     own = settings.own

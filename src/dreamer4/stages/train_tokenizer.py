@@ -18,7 +18,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dreamer4.train.engine import Job, is_rank0
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dreamer4.eval.tile_accuracy import inventory_accuracy, is_crafter, tile_accuracy
+from dreamer4.files import atomic_path
+from dreamer4.lpips import LPIPS
+from dreamer4.tokenizer import Tokenizer, TokenizerConfig, psnr, ssim, to_images
+from dreamer4.train.engine import Job, TrainSettings, is_rank0, train_stage
+from dreamer4.train.engine import add_arguments as engine_arguments
+from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
 GRID = "reconstructions.png"
 WORLD_ROWS = 7 / 9  # Crafter draws the world in the top 7 of 9 unit rows, the inventory below
@@ -36,7 +46,6 @@ class TokenizerJob(Job):
         image_fraction: float,
         crafter: bool = False,
     ) -> None:
-        from dreamer4.train.sequences import SequenceSpec
 
         self.cfg, self.data, self.metrics = cfg, Path(data), Path(metrics)
         self.crafter = crafter  # Crafter frames: tile accuracy is defined
@@ -55,21 +64,15 @@ class TokenizerJob(Job):
         }
 
     def build_model(self) -> Any:
-        from dreamer4.tokenizer import Tokenizer
 
         return Tokenizer(self.cfg)
 
     def lpips(self, device: Any) -> Any:
         if self._lpips is None:
-            from dreamer4.lpips import LPIPS
-
             self._lpips = LPIPS(self.cfg.lpips_net).to(device)
         return self._lpips
 
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch.nn.functional as F
-
-        from dreamer4.tokenizer import to_images
 
         out = model(batch["frames"], batch["independent"])
         recon, target = out["recon"].float(), out["target"]
@@ -95,22 +98,15 @@ class TokenizerJob(Job):
     def heldout(self, device: Any) -> Any:
         """A fixed set of held-out sequences (eval split; train if a dataset has none)."""
         if self._heldout is None:
-            import torch
-
-            from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, WindowSampler
-
-            split = "eval" if _has_split(self.data, "eval") else "train"
+            split = heldout_split(self.data)
             data = EpisodeSequences(
                 self.data,
                 SequenceSpec(length=self.cfg.sequence, split=split, actions=False, fields=()),
             )
-            windows = WindowSampler(data, self.eval_sequences, seed=1234, rank=0).windows(0)
-            self._heldout = torch.stack([data[w]["frames"] for w in windows])
+            self._heldout = fixed_batch(data, self.eval_sequences, seed=1234)[0]["frames"]
         return self._heldout.to(device)
 
     def evaluate(self, model: Any, final: bool) -> dict[str, float]:
-
-        from dreamer4.tokenizer import psnr, ssim
 
         frames = self.heldout(next(model.parameters()).device)
         out = model(frames, mask=False)
@@ -125,8 +121,6 @@ class TokenizerJob(Job):
             .item(),
         }
         if self.crafter:
-            from dreamer4.eval.tile_accuracy import inventory_accuracy, tile_accuracy
-
             metrics["tokenizer/tile_accuracy"] = tile_accuracy(recon, target).mean().item()
             metrics["tokenizer/inventory_accuracy"] = (
                 inventory_accuracy(recon, target).nanmean().item()
@@ -137,10 +131,6 @@ class TokenizerJob(Job):
 
     def write_grid(self, model: Any, frames: Any) -> None:
         """Rows of original | reconstruction | masked input (half the patches) | its recon."""
-        import torch
-        from PIL import Image
-
-        from dreamer4.files import atomic_path
 
         target = model.patchify(frames)
         torch.manual_seed(0)
@@ -161,24 +151,12 @@ class TokenizerJob(Job):
             image.save(tmp, format="PNG")
 
 
-def _has_split(data: Path, split: str) -> bool:
-    import pandas as pd
-
-    return bool(
-        (pd.read_parquet(data / "steps.parquet", columns=["split"])["split"] == split).any()
-    )
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamer4.train.engine import add_arguments as engine_arguments
 
     engine_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.eval.tile_accuracy import is_crafter
-    from dreamer4.tokenizer import TokenizerConfig
-    from dreamer4.train.engine import TrainSettings, train_stage
 
     settings = TrainSettings.load(args, TokenizerJob.stage)
     data, meta = settings.dataset(args)

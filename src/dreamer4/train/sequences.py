@@ -210,6 +210,29 @@ class WindowSampler(Sampler):
             index += 1
 
 
+def heldout_split(dataset: Path) -> str:
+    """The split held-out checks read: `eval`, or `train` where a dataset has no eval episode
+    (a tiny or single-episode dataset still gets its curves)."""
+    split = pd.read_parquet(Path(dataset) / "steps.parquet", columns=["split"])["split"]
+    return "eval" if bool((split == "eval").any()) else "train"
+
+
+def fixed_batch(
+    data: EpisodeSequences, count: int, seed: int
+) -> tuple[dict[str, torch.Tensor], list[Window]]:
+    """`count` windows, always the same for a seed (rank 0's first batch), stacked per key, and
+    the windows. Floating arrays come as float32: the latents are stored as float16, which CPU
+    autocast's stack rejects."""
+    windows = WindowSampler(data, count, seed, 0).windows(0)
+    items = [data[w] for w in windows]
+    batch = {k: torch.stack([_float32(torch.as_tensor(it[k])) for it in items]) for k in items[0]}
+    return batch, windows
+
+
+def _float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.is_floating_point() else x
+
+
 def sequence_loader(
     dataset: Path, spec: SequenceSpec, batch: int, seed: int, rank: int, start: int, workers: int
 ) -> DataLoader:
