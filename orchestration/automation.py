@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import yaml
+from dvc.repo import Repo
 
+from dreamer4.episodes.readers import find_raw_episodes
 from orchestration.dvc_graph import Stage
 
 RETRAIN_JOB = "retrain"
@@ -23,7 +26,6 @@ RETRAIN_JOB = "retrain"
 
 def settings(root: Path) -> dict[str, Any]:
     """`orchestration` of params.yaml, with `inbox` (from `paths`) resolved under `root`."""
-    import yaml
 
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     own = {
@@ -53,7 +55,6 @@ def downstream(stages: Iterable[Stage], assets: set[str]) -> set[str]:
 
 def stale_assets(root: Path, stages: list[Stage]) -> set[str]:
     """Assets whose stage DVC would rerun now: those `dvc status` reports, and downstream."""
-    from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         # keys are `<dvc.yaml as seen from the working dir>:<stage>` outside the repo root
@@ -98,7 +99,6 @@ def retrain_schedule(
 
 def inbox_fingerprint(inbox: Path) -> dict[str, str]:
     """Episode id → a digest of its files' names, sizes and mtimes (a changed file counts)."""
-    from dreamer4.episodes.readers import find_raw_episodes
 
     if not inbox.is_dir():
         return {}

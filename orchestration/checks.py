@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+
+from dreamer4.episodes.dataset import chunk_lengths
+from dreamer4.episodes.validation import episode_table, validate
+from dreamer4.params import load_profile
+from dreamer4.stages.encode import validate_latents
+from dreamer4.stages.imagine import validate_rollouts
 
 
 def _result(report: Any, **counts: int) -> dg.AssetCheckResult:
@@ -28,11 +36,6 @@ def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetChe
     Counts come from three places (step index, the readers' record counts in episodes.parquet,
     the frame chunk files), so a truncated chunk or an edited index fails the check.
     """
-    import pandas as pd
-
-    from dreamer4.episodes.dataset import chunk_lengths
-    from dreamer4.episodes.validation import episode_table, validate
-    from dreamer4.params import load_profile
 
     folder = repo_root / outs[0]
     steps = pd.read_parquet(folder / "steps.parquet")
@@ -46,9 +49,6 @@ def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetChe
 def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
     """The latents suite of `encode` on the files as they are on disk now: every latent
     finite and within [-1, 1], one per step, shapes as the tokenizer says."""
-    import json
-
-    from dreamer4.stages.encode import validate_latents
 
     folder = repo_root / outs[0]
     shape = json.loads((folder / "latents.json").read_text())["shape"]
@@ -59,11 +59,6 @@ def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheck
 def imagination_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
     """The imagination suite of `imagine` on the files on disk: all finite, rewards and values
     within the two-hot range of the heads, one row per rollout step."""
-    import json
-
-    import pandas as pd
-
-    from dreamer4.stages.imagine import validate_rollouts
 
     folder = repo_root / outs[0]
     summary = json.loads((folder / "summary.json").read_text())

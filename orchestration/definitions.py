@@ -8,11 +8,14 @@ GPU stages carry the `dagster-k8s/config` tags of `infra/dagster/gpu_tags.yaml` 
 Kubernetes. The repository root is `$DREAMER4_REPO`, else the checkout this file lives in.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import dagster as dg
+import yaml
+from dvc.repo import Repo
 
 from orchestration.automation import RETRAIN_JOB, inbox_sensor, retrain_schedule, settings
 from orchestration.checks import CHECKS
@@ -35,7 +38,6 @@ class DvcRepo(dg.ConfigurableResource):
         without starting DVC's reproduction at all. Otherwise `dvc repro --single-item` runs it
         (or restores it from DVC's run cache); its output goes to the step's log.
         """
-        from dvc.repo import Repo
 
         # the target names its dvc.yaml: a bare stage name resolves against the working dir
         target = f"{Path(self.root) / 'dvc.yaml'}:{stage}"
@@ -63,7 +65,6 @@ class DvcRepo(dg.ConfigurableResource):
 
     def lock_hash(self, stage: str) -> str | None:
         """The md5 DVC recorded for the stage's first out (the asset's data version)."""
-        import yaml
 
         lock = Path(self.root) / "dvc.lock"
         if not lock.exists():
@@ -75,9 +76,6 @@ class DvcRepo(dg.ConfigurableResource):
 def k8s_tags(root: Path, stages: list[str]) -> dict[str, dict[str, str]]:
     """Stage → its `dagster-k8s/config` op tag (GPU node selector and limits for training),
     from `infra/dagster/gpu_tags.yaml`; no tags where the file is absent."""
-    import json
-
-    import yaml
 
     path = root / "infra/dagster/gpu_tags.yaml"
     tags = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dvc.repo import Repo
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -53,7 +55,6 @@ def _code_version(stage: Any, produced: set[str]) -> str:
 
 def read_stages(repo_root: Path) -> list[Stage]:
     """Stages of `repo_root/dvc.yaml` in file order; each must name its asset in `meta.asset`."""
-    from dvc.repo import Repo
 
     with Repo(str(repo_root)) as repo:
         found = [s for s in repo.index.stages if getattr(s, "name", None)]  # not .dvc files

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+
+from dreamer4.episodes.readers import find_raw_episodes
 
 
 def raw_episodes(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
-    from dreamer4.episodes.readers import find_raw_episodes
 
     folder = root / outs[0]
     meta: dict[str, Any] = {"episodes": len(find_raw_episodes(folder))}
@@ -63,7 +66,6 @@ def _trained_model(
 ) -> dict[str, Any]:
     """What a training stage outputs: steps, model config, its `prefix` DVC metrics from
     summary.json, and its `image` plot (by suffix) embedded as markdown under `name`."""
-    import base64
 
     config = json.loads((root / outs[0] / "config.json").read_text())
     meta: dict[str, Any] = {
@@ -120,9 +122,6 @@ def policy(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
 
 def imagination_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     """Returns before/after phase 3, the per-task table and the decoded preview."""
-    import base64
-
-    import pandas as pd
 
     folder = root / outs[0]
     summary = json.loads((folder / "summary.json").read_text())
@@ -149,9 +148,6 @@ def imagination_dataset(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
 def eval_report(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
     """The headline table (success per milestone, Crafter score), scores per agent, the report
     path and the agents' real-game clip."""
-    import base64
-
-    import pandas as pd
 
     folder = root / outs[0]
     headline = pd.read_csv(folder / "headline.csv", index_col=0)

@@ -35,6 +35,7 @@ Choices where the paper is silent (fields of `AgentConfig`):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from dreamer4.dynamics import Dynamics, DynamicsConfig
 from dreamer4.nn import KVCache
+from dreamer4.train.checkpoint import load_exported
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,6 @@ def policy_module(agent: Agent) -> nn.Module:
     """The phase-3 module: `agent` frozen except its policy head, `prior` a frozen copy of that
     policy head (the behavioural prior), a new zero-initialised value head `value`, and the
     `micro_steps` counter of `train_policy`'s value warm-up."""
-    import copy
 
     module = nn.Module()
     agent.requires_grad_(False)
@@ -379,7 +380,6 @@ def _configs(config: dict) -> tuple[DynamicsConfig, AgentConfig]:
 
 def load_agent(folder: Path, ema: bool = True) -> tuple[Agent, dict]:
     """The agent of a `finetune_agent`/`bc_baseline` (or `train_policy`) output folder."""
-    from dreamer4.train.checkpoint import load_exported
 
     weights, config = load_exported(folder, ema)
     agent = Agent(*_configs(config))
@@ -389,7 +389,6 @@ def load_agent(folder: Path, ema: bool = True) -> tuple[Agent, dict]:
 
 def load_policy(folder: Path, ema: bool = True) -> tuple[nn.Module, dict]:
     """The phase-3 module (`policy_module`) of a `train_policy` output folder."""
-    from dreamer4.train.checkpoint import load_exported
 
     weights, config = load_exported(folder, ema)
     module = policy_module(Agent(*_configs(config)))

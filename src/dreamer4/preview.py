@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from dreamer4.files import atomic_path
@@ -17,7 +18,6 @@ def save_grid_gif(
     """Write an animated GIF: each column (B, T, H, W, 3) in [-1, 1], the first `rows`
     sequences stacked vertically, one GIF frame per time step; small frames are enlarged
     (nearest neighbour) to at least `min_size` pixels."""
-    from PIL import Image
 
     first = columns[0]
     n, steps = min(rows, first.shape[0]), first.shape[1]

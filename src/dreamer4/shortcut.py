@@ -366,6 +366,74 @@ def as_context(
     )
 
 
+class FrameSampler:
+    """`generate` one frame at a time, for a caller that chooses each action after seeing the
+    last frame (a person at the keys, a policy): `start(context, actions)` once, then
+    `next(actions)` per frame, or `frame` and `commit` separately.
+
+    The noised context is fed once into a KV cache. Each new frame starts from noise and takes
+    `steps` shortcut steps of d = 1/steps, each a forward of the one new step against the cache,
+    rolled back with `cache.truncate` after the pass; the finished frame, noised to the context
+    level, is then fed once more to commit it. So a frame costs steps + 1 one-step passes
+    whatever the length of the context. context_window: keep at most this many past frames
+    (cache cropped before each new frame; None = all). k_max: default `model.cfg.k_max`.
+    """
+
+    def __init__(
+        self,
+        model: Dynamics,
+        steps: int = 4,
+        cfg: ShortcutConfig = ShortcutConfig(),
+        k_max: int | None = None,
+        generator: torch.Generator | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        self.model, self.steps, self.cfg = model, steps, cfg
+        self.k_max = model.cfg.k_max if k_max is None else k_max
+        self.generator, self.context_window = generator, context_window
+        self.cache = model.new_cache()
+        self.like: Tensor | None = None
+
+    @torch.no_grad()
+    def start(self, context: Tensor, actions: dict[str, Tensor] | None) -> None:
+        """Forget the past; then context (B, C, N_b, D_b), C ≥ 0, with actions name → (B, C)."""
+        self.cache = self.model.new_cache()
+        self.like = context
+        if context.shape[1]:
+            self.commit(context, actions)
+
+    @torch.no_grad()
+    def commit(self, x: Tensor, actions: dict[str, Tensor] | None) -> None:
+        """Append frames x (B, T, N_b, D_b), noised to the context level, to the cache."""
+        inputs = as_context(x, self.cfg.context_noise, self.k_max, self.generator)
+        self.model(*inputs, actions, cache=self.cache)
+
+    @torch.no_grad()
+    def frame(self, actions: dict[str, Tensor] | None) -> Tensor:
+        """The next frame (B, 1, N_b, D_b) given the actions leading into it (name → (B, 1));
+        not committed."""
+        if self.like is None:
+            raise RuntimeError("FrameSampler.frame before start")
+        model, cache = self.model, self.cache
+        if self.context_window is not None:
+            cache.crop(self.context_window)
+        b, length = self.like.shape[0], cache.length
+
+        def predict(x: Tensor, tau: float, d: float) -> Tensor:
+            pred = model(x, constant(b, 1, tau, x), constant(b, 1, d, x), actions, cache=cache)
+            cache.truncate(length)
+            return pred
+
+        like = self.like[:, :1] if self.like.shape[1] else _empty_frame(model, b, self.like)
+        return denoise(predict, randn_like(like, self.generator), self.steps, self.cfg.tau_clamp)
+
+    def next(self, actions: dict[str, Tensor] | None) -> Tensor:
+        """`frame`, then `commit` it: the next frame, now part of the context."""
+        x = self.frame(actions)
+        self.commit(x, actions)
+        return x
+
+
 @torch.no_grad()
 def generate(
     model: Dynamics,
@@ -378,44 +446,24 @@ def generate(
     generator: torch.Generator | None = None,
     context_window: int | None = None,
 ) -> Tensor:
-    """Roll out `horizon` frames (B, horizon, N_b, D_b) after clean context (B, C, N_b, D_b).
+    """Roll out `horizon` frames (B, horizon, N_b, D_b) after clean context (B, C, N_b, D_b)
+    with a `FrameSampler` (its docstring has the cost and the arguments).
 
     actions: name → (B, C + horizon), actions[:, t] leads into frame t (as in `forward`).
-    The noised context is fed once into a KV cache. Each new frame starts from noise and takes
-    `steps` shortcut steps of d = 1/steps, each a forward of the one new step against the cache,
-    rolled back with `cache.truncate` after the pass; then the finished frame, noised to the
-    context level, is fed once more to commit it. So a frame costs steps + 1 one-step passes
-    whatever the length of the context. context_window: keep at most this many past frames
-    (cache cropped before each new frame; None = all). k_max: default `model.cfg.k_max`.
-    """
+    The last frame is not committed (nothing reads it)."""
     k_max = model.cfg.k_max if k_max is None else k_max
     _check_sampling(context, actions, horizon, steps, k_max, context_window)
-    b, c = context.shape[:2]
-    cache = model.new_cache()
-    if c:
-        inputs = as_context(context, cfg.context_noise, k_max, generator)
-        model(*inputs, _slice(actions, 0, c), cache=cache)
+    c = context.shape[1]
+    sampler = FrameSampler(model, steps, cfg, k_max, generator, context_window)
+    sampler.start(context, _slice(actions, 0, c))
     frames = []
     for i in range(horizon):
-        t = c + i
-        if context_window is not None:
-            cache.crop(context_window)
-        length, step_actions = cache.length, _slice(actions, t, t + 1)
-
-        def predict(
-            x: Tensor, tau: float, d: float, step_actions: dict = step_actions, length: int = length
-        ) -> Tensor:
-            pred = model(x, constant(b, 1, tau, x), constant(b, 1, d, x), step_actions, cache=cache)
-            cache.truncate(length)
-            return pred
-
-        noise = randn_like(context[:, :1] if c else _empty_frame(model, b, context), generator)
-        x = denoise(predict, noise, steps, cfg.tau_clamp)
+        step_actions = _slice(actions, c + i, c + i + 1)
+        x = sampler.frame(step_actions)
         frames.append(x)
-        if i < horizon - 1:  # commit the frame as (noised) context for the next one
-            inputs = as_context(x, cfg.context_noise, k_max, generator)
-            model(*inputs, _slice(actions, t, t + 1), cache=cache)
-    return torch.cat(frames, 1) if frames else _empty_frame(model, b, context)[:, :0]
+        if i < horizon - 1:
+            sampler.commit(x, step_actions)
+    return torch.cat(frames, 1) if frames else _empty_frame(model, context.shape[0], context)[:, :0]
 
 
 def _empty_frame(model: Dynamics, b: int, like: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dreamer4.nn import KVCache, SpaceTimeTransformer, TransformerConfig, group_mask
 from dreamer4.nn.norm import RunningRMS
+from dreamer4.train.checkpoint import load_exported
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,6 @@ def config_dict(cfg: TokenizerConfig) -> dict[str, Any]:
 
 def load_tokenizer(folder: Path, ema: bool = False) -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer of a `train_tokenizer` output folder (eval mode) and its config."""
-    from dreamer4.train.checkpoint import load_exported
 
     weights, config = load_exported(folder, ema=ema)
     fields = TokenizerConfig.__dataclass_fields__

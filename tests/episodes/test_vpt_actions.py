@@ -55,7 +55,7 @@ def test_glitch_camera_over_180_degrees_is_zeroed():
 
 
 # The recorder's names → the env's buttons, written out from VPT's `run_inverse_dynamics_model.py`
-# (shared/reference/crafter-and-vpt.md §3.1), not derived from the table under test: a swap of
+# (its KEYBOARD_BUTTON_MAPPING), not derived from the table under test: a swap of
 # two entries (a/d, q/e, mouse 1/2) must fail here.
 RECORDER_KEYS: dict[str, str] = {
     "key.keyboard.w": "forward",

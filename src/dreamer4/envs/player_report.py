@@ -13,6 +13,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from dreamer4.envs.crafter_env import episode_seed, make_env
+from dreamer4.envs.play import play_episode
+from dreamer4.envs.scripted_player import ScriptedPlayer
+from dreamer4.eval.crafter_score import crafter_score, success_table
+from dreamer4.parallel import imap_workers
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=100, help="episodes to play (default 100)")
@@ -25,9 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _play(job: tuple[int, int, int]) -> dict[str, Any]:
-    from dreamer4.envs.crafter_env import episode_seed, make_env
-    from dreamer4.envs.play import play_episode
-    from dreamer4.envs.scripted_player import ScriptedPlayer
 
     seed, index, max_steps = job
     env = make_env(episode_seed(seed, index), length=max_steps, render=False)
@@ -37,10 +42,6 @@ def _play(job: tuple[int, int, int]) -> dict[str, Any]:
 
 def player_report(episodes: int, seed: int, max_steps: int = 10000, workers: int = 1):
     """(success table, score, mean length) over `episodes` full-skill episodes."""
-    from tqdm import tqdm
-
-    from dreamer4.eval.crafter_score import crafter_score, success_table
-    from dreamer4.parallel import imap_workers
 
     jobs = [(seed, i, max_steps) for i in range(episodes)]
     results = list(

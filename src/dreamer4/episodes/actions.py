@@ -3,11 +3,12 @@
 The paper (App. A) encodes each action component separately, so a space is a dict of
 components. Each component becomes one column `action/<name>` of the step index.
 
-VPT conventions follow OpenAI's Video-Pre-Training code (facts in
-shared/reference/crafter-and-vpt.md §3): keyboard keys and mouse buttons map to 20 buttons, the
-camera is mouse dx/dy × 360/2400 degrees, quantised per axis with μ-law (μ=10, ±10°) into 11 bins,
-joined as 11 × pitch_bin + yaw_bin. Unlike VPT's loader, which stores degrees in an integer array
-and so truncates them to whole degrees, we keep them in floating point before binning.
+VPT conventions follow OpenAI's Video-Pre-Training code (`run_inverse_dynamics_model.py`,
+`lib/actions.py`; summarised in docs/data-formats.md): keyboard keys and mouse buttons map to
+20 buttons, the camera is mouse dx/dy × 360/2400 degrees, quantised per axis with μ-law (μ=10,
+±10°) into 11 bins, joined as 11 × pitch_bin + yaw_bin. Unlike VPT's loader, which stores
+degrees in an integer array and so truncates them to whole degrees, we keep them in floating
+point before binning.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import great_expectations as gx
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from dreamer4.episodes.actions import CRAFTER_ACTIONS
 
@@ -89,7 +91,6 @@ def validate(
     steps: pd.DataFrame, episodes: pd.DataFrame, min_length: int, max_length: int
 ) -> ValidationReport:
     """Run both suites; `episodes` is an `episode_table`."""
-    import great_expectations as gx
 
     return run_suites(
         "episode_dataset",
@@ -105,8 +106,6 @@ def run_suites(
 ) -> ValidationReport:
     """Run named suites of GX expectations over dataframes in an ephemeral context; every failed
     expectation becomes one line naming the table, the expectation and example values."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)

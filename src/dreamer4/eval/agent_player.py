@@ -17,15 +17,18 @@ its own generator, so an episode's draws do not depend on which other episodes s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dreamer4.agent import ActionSpace, Agent
+from dreamer4.agent import ActionSpace, Agent, load_agent, load_policy
+from dreamer4.files import read_config
 from dreamer4.nn import KVCache
 from dreamer4.shortcut import as_context
 from dreamer4.tokenizer import Tokenizer
+from dreamer4.train.checkpoint import CONFIG
 
 Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or per row
 
@@ -55,11 +58,14 @@ class AgentPlayer:
         context_noise: float = 0.1,
         context: int = 15,
         generator: Generators = None,
+        value: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         """policy: h (B, width) → action logits (default: the agent's policy head, offset 0).
-        context: past frames the agent's cache keeps (its training length − 1)."""
+        context: past frames the agent's cache keeps (its training length − 1). value: h →
+        two-hot logits of the value (phase 3's value head), for `predictions`."""
         self.tokenizer, self.agent = tokenizer.eval(), agent.eval()
         self.policy = policy or (lambda h: agent.policy(h, 1)[:, 0])
+        self.value = value
         self.context_noise, self.context, self.generator = context_noise, context, generator
         self.reset()
 
@@ -74,10 +80,21 @@ class AgentPlayer:
     def act(self, frames: Tensor, task: Tensor) -> dict[str, Tensor]:
         """frames (B, H, W, 3) uint8 at the tokenizer's resolution, task (B,) long (-1 = none)
         → sampled actions, name → (B,) long."""
-        b = frames.shape[0]
+        return self.act_latents(self.encode(frames), task)
+
+    @torch.no_grad()
+    def encode(self, frames: Tensor) -> Tensor:
+        """The latents (B, 1, N_b, D_b) of this step's frames, through the tokenizer's cache."""
         tok = self.tokenizer
         z = tok.encode_patches(tok.patchify(frames[:, None]), cache=self.tokenizer_cache)
         self.tokenizer_cache.crop(tok.cfg.sequence - 1)
+        return z
+
+    @torch.no_grad()
+    def act_latents(self, z: Tensor, task: Tensor) -> dict[str, Tensor]:
+        """`act` for a step whose latents z (B, 1, N_b, D_b) are known (a world model's dream:
+        the agent reads them as it reads them in imagination)."""
+        b = z.shape[0]
         self.agent_cache.crop(self.context)
         names = [name for name, _, _ in self.agent.space.components]
         actions = self.previous or {n: torch.full((b, 1), -1, device=z.device) for n in names}
@@ -93,6 +110,23 @@ class AgentPlayer:
         self.previous = {k: v[:, None] for k, v in chosen.items()}
         return chosen
 
+    def took(self, actions: dict[str, Tensor]) -> None:
+        """The actions actually taken this step (a person overrode the agent's): they lead
+        into the next frame's agent pass."""
+        self.previous = {k: v.reshape(-1, 1) for k, v in actions.items()}
+
+    @torch.no_grad()
+    def predictions(self) -> dict[str, Tensor]:
+        """What the heads make of the last step, name → (B,): `reward`, the reward for arriving
+        at that frame, and with a value head `value`, the return expected from it."""
+        if self.features is None:
+            raise RuntimeError("AgentPlayer.predictions before the first act")
+        twohot = self.agent.twohot
+        out = {"reward": twohot.decode(self.agent.reward(self.features, 1)[:, 0])}
+        if self.value is not None:
+            out["value"] = twohot.decode(self.value(self.features))
+        return out
+
     def keep(self, rows: Sequence[int]) -> None:
         """Go on with batch rows `rows` only (the other episodes ended), in that order."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
@@ -105,6 +139,29 @@ class AgentPlayer:
             self.features = self.features[index.to(self.features.device)]
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             self.generator = [self.generator[i] for i in rows]
+
+
+def model_player(
+    folder: Path, tokenizer: Tokenizer, device: torch.device | str = "cpu"
+) -> tuple[AgentPlayer, tuple[str, ...]]:
+    """An `AgentPlayer` for a phase-2 agent folder or a phase-3 policy folder (its trained
+    policy head and value head), with the context it was trained on; and its task vocabulary."""
+
+    model = read_config(folder, CONFIG, "its training stage")["model"]
+    value = None
+    if "imagination" in model:  # train_policy output: the agent with its RL-trained head
+        module, _ = load_policy(folder)
+        agent, context = module.agent, int(model["imagination"]["context_window"])
+        head = module.value.to(device)
+        value = lambda h: head(h, 1)[:, 0]  # noqa: E731
+    else:
+        agent, _ = load_agent(folder)
+        context = int(model["sequence"]["length"]) - 1
+    noise = float(model.get("shortcut", {}).get("context_noise", 0.1))
+    player = AgentPlayer(
+        tokenizer.to(device), agent.to(device), context_noise=noise, context=context, value=value
+    )
+    return player, agent.cfg.tasks
 
 
 class RandomPlayer:

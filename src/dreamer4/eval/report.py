@@ -19,8 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from dreamer4.preview import save_grid_gif
 
 # (title, stage folder under metrics/, column of its train.tsv)
 CURVES: tuple[tuple[str, str, str], ...] = (
@@ -109,16 +114,12 @@ class Report:
 
     def success_plot(self, success: pd.DataFrame) -> Path:
         """Grouped bars: success rate per milestone per agent, with the 95 % interval."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         rows = success[success["achievement"].isin(self.milestones)]
         agents = list(dict.fromkeys(rows["agent"]))
         y = np.arange(len(self.milestones))
         height = 0.8 / max(1, len(agents))
-        fig, ax = plt.subplots(figsize=(8, 0.5 * len(self.milestones) + 1.5), dpi=100)
+        fig = Figure(figsize=(8, 0.5 * len(self.milestones) + 1.5), dpi=100)
+        ax = fig.subplots()
         for i, agent in enumerate(agents):
             part = rows[rows["agent"] == agent].set_index("achievement").loc[list(self.milestones)]
             rate = part["success_rate"].to_numpy()
@@ -139,7 +140,6 @@ class Report:
         fig.tight_layout()
         path = self.folder / "success.png"
         fig.savefig(path)
-        plt.close(fig)
         return path
 
     def training_plot(self) -> Path | None:
@@ -155,14 +155,10 @@ class Report:
                     curves.append((title, table[["step", column]].dropna(), column))
         if not curves:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         cols = 3
         rows = (len(curves) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(11, 3 * rows), dpi=90, squeeze=False)
+        fig = Figure(figsize=(11, 3 * rows), dpi=90)
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (title, table, column) in zip(axes.flat, curves, strict=False):
             ax.plot(table["step"], table[column])
             ax.set_title(title, fontsize="medium")
@@ -172,16 +168,12 @@ class Report:
         fig.tight_layout()
         path = self.folder / "training.png"
         fig.savefig(path)
-        plt.close(fig)
         return path
 
     def real_game_clip(self, clips: Mapping[str, np.ndarray]) -> Path | None:
         """The agents' first episodes side by side (held after an episode ends)."""
         if not clips:
             return None
-        import torch
-
-        from dreamer4.preview import save_grid_gif
 
         steps = max(len(c) for c in clips.values())
         columns = []
@@ -375,7 +367,6 @@ class Report:
         (self.folder / "report.md").write_text("\n".join(lines))
 
     def _html(self, settings: dict[str, Any]) -> None:
-        import jinja2
 
         sections = []
         for s in self.sections:

@@ -47,14 +47,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dreamer4.agent import ActionSpace, load_agent, load_policy
+from dreamer4.agent import ActionSpace
 from dreamer4.envs.crafter_env import make_env, reseed
 from dreamer4.episodes.actions import CRAFTER_ACTIONS
 from dreamer4.episodes.crafter_format import read_jsonl
 from dreamer4.episodes.dataset import write_json
 from dreamer4.episodes.episode import EpisodeError
 from dreamer4.errors import StageError
-from dreamer4.eval.agent_player import AgentPlayer, RandomPlayer
+from dreamer4.eval.agent_player import RandomPlayer, model_player
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
 from dreamer4.eval.report import Report
 from dreamer4.eval.tables import episode_rows, headline_table, success_table, time_to_milestone
@@ -142,27 +142,6 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
             }
         )
     return stats, skipped
-
-
-def model_player(folder: Path, tokenizer: Any, device: Any) -> tuple[Any, tuple[str, ...]]:
-    """An `AgentPlayer` for a phase-2 agent folder or a phase-3 policy folder (its trained
-    policy head), with the context it was trained on; and its task vocabulary."""
-
-    config_file = Path(folder) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing (was the training stage run?)")
-    model = json.loads(config_file.read_text())["model"]
-    if "imagination" in model:  # train_policy output: the agent with its RL-trained head
-        module, _ = load_policy(folder)
-        agent, context = module.agent, int(model["imagination"]["context_window"])
-    else:
-        agent, _ = load_agent(folder)
-        context = int(model["sequence"]["length"]) - 1
-    noise = float(model.get("shortcut", {}).get("context_noise", 0.1))
-    player = AgentPlayer(
-        tokenizer.to(device), agent.to(device), context_noise=noise, context=context
-    )
-    return player, agent.cfg.tasks
 
 
 def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, tuple, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -66,7 +67,6 @@ class Ema:
         """Whole averaged tensors on every rank (a collective under ZeRO-3: all ranks call it)."""
         if not self.zero3:
             return self.local_state()
-        import torch.distributed as dist
 
         out = {}
         for (name, p), shard in zip(self.named, self.shadow, strict=True):

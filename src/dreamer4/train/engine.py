@@ -243,6 +243,9 @@ def fit(job: Job, cfg: TrainConfig, paths: Paths, announce: bool) -> int:
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # DeepSpeed is imported here and in the Trainer, never at module top: it chooses its
+    # accelerator when first imported, so DS_ACCELERATOR must be set before (and the CLI's other
+    # commands do not pay for the import).
     import deepspeed
     import torch.distributed as dist
 

@@ -9,12 +9,15 @@ cluster (`deepspeed` with a hostfile).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+
+import torch
 
 from dreamer4.errors import StageError
 from dreamer4.train.config import TrainConfig
@@ -34,7 +37,6 @@ def die_with_parent() -> None:
     """
     if sys.platform != "linux":
         return
-    import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -108,7 +110,6 @@ def launcher_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
 def worker_env(cfg: TrainConfig) -> dict[str, str]:
     """Environment for the workers: CPU accelerator without CUDA, cores split between ranks."""
     env = dict(os.environ)
-    import torch
 
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dreamer4.train.engine import Job
+from dreamer4.train.engine import Job, TrainSettings, train_stage
+from dreamer4.train.engine import add_arguments as engine_arguments
 from dreamer4.train.sequences import SequenceSpec
 
 
@@ -87,14 +88,12 @@ class ReferenceJob(Job):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamer4.train.engine import add_arguments as engine_arguments
 
     engine_arguments(p)
     p.add_argument("--width", type=int, default=None, help="model width (default 128)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamer4.train.engine import TrainSettings, train_stage
 
     settings = TrainSettings.load(args, None)
     data, meta = settings.dataset(args)
