@@ -54,6 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dreamer4.eval.crafter_score",
         "success rate per Crafter achievement and the Crafter score of stats.jsonl files",
     ),
+    "play": (
+        "dreamer4.play.server",
+        "play real Crafter or inside the world model in a web page (http://127.0.0.1:8765/)",
+    ),
     "player-report": (
         "dreamer4.envs.player_report",
         "success rate per Crafter achievement of the scripted player at full skill",

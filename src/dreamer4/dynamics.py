@@ -55,6 +55,7 @@ from dreamer4.episodes.actions import COMPONENTS
 from dreamer4.files import read_config
 from dreamer4.nn import KVCache, SpaceTimeTransformer, TransformerConfig
 from dreamer4.shortcut import ShortcutConfig
+from dreamer4.train.checkpoint import CONFIG, load_exported
 
 if TYPE_CHECKING:
     from dreamer4.params import Section
@@ -156,6 +157,22 @@ def world_model_configs(params: Section, data: Path) -> tuple[DynamicsConfig, Sh
     return params.sub("model").config(DynamicsConfig, derived), params.sub("shortcut").config(
         ShortcutConfig
     )
+
+
+def world_model_weights(folder: Path, ema: bool = True) -> dict[str, Tensor]:
+    """The `Dynamics` state dict of a `train_dynamics` output folder (EMA weights by default:
+    the ones its evaluation and the agent's finetuning start from)."""
+    weights, _ = load_exported(folder, ema)
+    return {k.removeprefix("dynamics."): v for k, v in weights.items() if k[:9] == "dynamics."}
+
+
+def load_world_model(folder: Path, ema: bool = True) -> tuple[Dynamics, ShortcutConfig, dict]:
+    """The world model of a `train_dynamics` output folder (eval mode), the shortcut settings
+    it was trained with and its config.json."""
+    config = read_config(folder, CONFIG, "dreamer4 train-dynamics")
+    model = Dynamics(DynamicsConfig(**config["model"]["model"]))
+    model.load_state_dict(world_model_weights(folder, ema))
+    return model.eval(), ShortcutConfig(**config["model"]["shortcut"]), config
 
 
 def pack_latents(z: Tensor, pack: int) -> Tensor:

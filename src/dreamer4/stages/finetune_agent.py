@@ -44,12 +44,17 @@ from scipy.stats import mannwhitneyu
 from torch import nn
 
 from dreamer4.agent import Agent, AgentConfig, agent_loss, pursued_task, task_rewards
-from dreamer4.dynamics import DynamicsConfig, shift_actions, world_model_configs
+from dreamer4.dynamics import (
+    DynamicsConfig,
+    shift_actions,
+    world_model_configs,
+    world_model_weights,
+)
 from dreamer4.errors import StageError
 from dreamer4.files import content_hash, read_config
 from dreamer4.shortcut import ShortcutConfig, as_context, sample_tau_d, shortcut_loss
 from dreamer4.tokenizer import RunningRMS
-from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS, load_exported
+from dreamer4.train.checkpoint import CONFIG, EMA_WEIGHTS
 from dreamer4.train.engine import Job, TrainSettings, add_draws, draw_generator, train_stage
 from dreamer4.train.engine import add_arguments as engine_arguments
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch
@@ -106,11 +111,7 @@ class AgentJob(Job):
         model = nn.Module()
         model.agent = Agent(self.dynamics, self.agent)
         if self.world_model is not None:
-            weights, _ = load_exported(self.world_model, ema=True)
-            dyn = {
-                k.removeprefix("dynamics."): v for k, v in weights.items() if k[:9] == "dynamics."
-            }
-            model.agent.dynamics.load_state_dict(dyn)
+            model.agent.dynamics.load_state_dict(world_model_weights(self.world_model))
         decay = self.shortcut.rms_decay
         model.norms = nn.ModuleDict(
             {k: RunningRMS(decay) for k in ("flow", "bootstrap", "bc", "reward")}

@@ -1,0 +1,298 @@
+"""`dreamer4 play`: play real Crafter or inside the world model from a web page.
+
+An ASGI app (starlette, served by uvicorn) on http://127.0.0.1:8765/ by default: `GET /` is the
+page (`page.html`, one file, no build step, nothing fetched from elsewhere), `GET /status` a
+JSON summary, and `/ws` one WebSocket per page, each with its own `PlaySession`.
+
+Messages are JSON text. From the page: `{"type": "key", "key": "w", "down": true}`,
+`{"type": "mode", "mode": "game" | "dream" | "side"}`, `{"type": "agent", "on": true}`,
+`{"type": "task", "task": "collect_wood"}`, `{"type": "reset"}`, `{"type": "save"}`. To the
+page: `hello` (modes, tasks, keymap, tick rate), `frame` (a PNG data URL and the readouts of
+`PlaySession.tick`), `error` (a message; the request is ignored, the session goes on).
+
+Bounded: at most `max_sessions` sessions (one more gets an `error` saying so and a close with
+code 1013, "try again later"); each session ticks on a fixed clock in a worker thread, so the
+event loop stays free for other pages, and sends through a queue of `send_queue` frames that
+drops the oldest when a page reads slowly, so a slow client costs frames, not memory. A closed
+socket frees its session; Ctrl-C stops the server, the sessions with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from dreamer4.errors import StageError
+from dreamer4.eval.tile_accuracy import classifier
+from dreamer4.params import Settings
+from dreamer4.play.session import KEYMAP, MODES, PlayError, PlayModels, PlaySession, load_models
+
+PAGE = Path(__file__).with_name("page.html")
+SEND_BUFFER = 32 * 1024  # bytes of kernel send buffer per socket: a few frames (enough for
+# 10 frames/s of ≤ 12 KB at any round trip under 100 ms)
+
+
+@dataclass
+class PlayConfig:
+    """The `play` section of params.yaml (see there), after command-line overrides."""
+
+    inbox: Path
+    fps: float = 10.0
+    first_seed: int = 2_000_000
+    worlds: int = 100_000
+    size: int = 64
+    max_sessions: int = 4
+    send_queue: int = 2
+    record_steps: int = 1000
+
+
+@dataclass
+class Counters:
+    sessions: int = 0
+    opened: int = 0
+    frames: int = 0
+    dropped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def create_app(models: PlayModels, cfg: PlayConfig) -> Starlette:
+    """The ASGI app over loaded models (tests serve it on a free loopback port)."""
+    counters = Counters()
+    # Ticks are CPU-bound: one worker thread per core serves any number of sessions as fast as
+    # more would, and bounds the per-thread memory (allocator arenas, torch's buffers).
+    workers = max(1, min(cfg.max_sessions, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="play")
+    classifier(cfg.size)  # the tile classifier of side by side, built once before any page
+    page = PAGE.read_text()
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "sessions": counters.sessions,
+                "max_sessions": cfg.max_sessions,
+                "opened": counters.opened,
+                "frames": counters.frames,
+                "dropped": counters.dropped,
+                "uptime_s": round(time.monotonic() - counters.started, 1),
+            }
+        )
+
+    async def play(ws: WebSocket) -> None:
+        await ws.accept()
+        if counters.sessions >= cfg.max_sessions:
+            await _send(ws, error=f"server full: {cfg.max_sessions} sessions in use; try later")
+            await ws.close(code=1013)
+            return
+        counters.sessions += 1
+        counters.opened += 1
+        tasks: list[asyncio.Task] = []
+        try:
+            loop = asyncio.get_running_loop()
+            session = await loop.run_in_executor(pool, _new_session, models, cfg)
+            await ws.send_text(json.dumps(_hello(models, cfg)))
+            queue: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.send_queue)
+            tasks = [
+                asyncio.create_task(_clock(session, queue, pool, cfg.fps, counters)),
+                asyncio.create_task(_sender(ws, queue)),
+            ]
+            await _receive(ws, session, tasks)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                    await task
+            counters.sessions -= 1
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    return Starlette(
+        routes=[Route("/", index), Route("/status", status), WebSocketRoute("/ws", play)],
+        lifespan=lifespan,
+    )
+
+
+def _new_session(models: PlayModels, cfg: PlayConfig) -> PlaySession:
+    return PlaySession(
+        models,
+        cfg.inbox,
+        first_seed=cfg.first_seed,
+        worlds=cfg.worlds,
+        size=cfg.size,
+        record_steps=cfg.record_steps,
+    )
+
+
+def _hello(models: PlayModels, cfg: PlayConfig) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "modes": list(MODES),
+        "tasks": list(models.tasks),
+        "keymap": KEYMAP,
+        "fps": cfg.fps,
+        "steps": models.steps,
+        "task": models.tasks[models.default_task] if models.default_task >= 0 else "none",
+        "value": models.player.value is not None,
+    }
+
+
+async def _send(ws: WebSocket, error: str) -> None:
+    await ws.send_text(json.dumps({"type": "error", "message": error}))
+
+
+async def _receive(ws: WebSocket, session: PlaySession, tasks: list[asyncio.Task]) -> None:
+    """Apply the page's messages until it closes; a bad one is answered and ignored."""
+    while True:
+        text = await ws.receive_text()
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise PlayError("a message is a JSON object with a string `type`")
+            kind = message["type"]
+            if kind == "key":
+                session.key(str(message["key"]), bool(message.get("down", True)))
+            else:
+                value = {"mode": "mode", "agent": "on", "task": "task"}.get(kind)
+                session.request(kind, message[value] if value else None)
+        except (json.JSONDecodeError, PlayError, KeyError) as err:
+            reason = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            await _send(ws, error=f"ignored {text[:80]!r}: {reason}")
+        if any(t.done() for t in tasks):  # the clock failed or the sender lost the socket
+            for t in tasks:
+                if t.done() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            return
+
+
+async def _clock(
+    session: PlaySession,
+    queue: asyncio.Queue[str],
+    pool: ThreadPoolExecutor,
+    fps: float,
+    counters: Counters,
+) -> None:
+    """Tick at `fps` (or as fast as the models allow), each frame into the bounded queue."""
+    loop = asyncio.get_running_loop()
+    period, due = 1.0 / fps, time.monotonic()
+    while True:
+        text = await loop.run_in_executor(pool, _frame, session)
+        if queue.full():  # the page reads slower than we tick: drop the oldest frame
+            queue.get_nowait()
+            counters.dropped += 1
+        queue.put_nowait(text)
+        counters.frames += 1
+        due = max(due + period, time.monotonic())
+        await asyncio.sleep(due - time.monotonic())
+
+
+def _frame(session: PlaySession) -> str:
+    """One tick, as the JSON the page reads (in a worker thread: torch and PNG release the GIL)."""
+    tick = session.tick()
+    buffer = io.BytesIO()
+    Image.fromarray(tick.image).save(buffer, format="PNG", compress_level=1)
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return json.dumps({**tick.info, "image": image})
+
+
+async def _sender(ws: WebSocket, queue: asyncio.Queue[str]) -> None:
+    while True:
+        await ws.send_text(await queue.get())
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default play.host: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, help="port (default play.port: 8765; 0 = any free one)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: paths.tokenizer)")
+    p.add_argument("--world-model", type=Path, help="world model folder (paths.world_model)")
+    p.add_argument("--policy", type=Path, help="policy or phase-2 agent folder (paths.policy)")
+    p.add_argument("--inbox", type=Path, help="where saved games go (default: paths.inbox)")
+    p.add_argument("--fps", type=float, help="ticks per second (default play.fps)")
+    p.add_argument("--steps", type=int, help="shortcut steps K per dreamed frame (play.steps)")
+    p.add_argument("--max-sessions", type=int, help="concurrent pages (play.max_sessions)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.load(args, "play")
+    own = settings.own
+    threads = own.count("threads", low=0)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    paths = {
+        "tokenizer": settings.path("tokenizer", args.tokenizer),
+        "world_model": settings.path("world_model", args.world_model),
+        "policy": settings.path("policy", args.policy),
+    }
+    for name, folder in paths.items():
+        if not (folder / "config.json").is_file():
+            raise StageError(
+                f"{folder}/config.json: missing: play needs the trained {name} "
+                f"(`dvc repro {_STAGE[name]}`, or --{name.replace('_', '-')} DIR)"
+            )
+    models = load_models(
+        paths["tokenizer"], paths["world_model"], paths["policy"], own.count("steps", args.steps, 0)
+    )
+    cfg = PlayConfig(
+        inbox=settings.path("inbox", args.inbox),
+        fps=float(own.check("fps", lambda v: 0 < float(v) <= 60, "must be in (0, 60]", args.fps)),
+        first_seed=own.count("first_seed", low=0),
+        worlds=own.count("worlds"),
+        size=own.count("size"),
+        max_sessions=own.count("max_sessions", args.max_sessions),
+        send_queue=own.count("send_queue"),
+        record_steps=own.count("record_steps"),
+    )
+    host = str(args.host or own["host"])
+    port = own.count("port", args.port, low=0)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # A fixed send buffer (inherited by every accepted socket) instead of the kernel's
+    # autotuning up to megabytes: a page that stops reading holds back a few frames, then the
+    # bounded queue drops them.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    sock.bind((host, port))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
+    shown = f"[{host}]" if ":" in host else host
+    print(f"play: serving http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(
+        create_app(models, cfg), log_level="warning", ws="websockets-sansio",
+        timeout_graceful_shutdown=5, lifespan="on",
+    )  # fmt: skip
+    try:  # uvicorn closes the sockets and the sessions, then re-raises the Ctrl-C it caught
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    print("play: stopped", flush=True)
+    return 0
+
+
+_STAGE = {"tokenizer": "train_tokenizer", "world_model": "train_dynamics", "policy": "train_policy"}
