@@ -191,3 +191,14 @@ def test_eight_sessions_for_twenty_seconds_stay_responsive_and_bounded(play_fold
         while status(url)["sessions"] and time.monotonic() < deadline:
             time.sleep(0.5)
         assert status(url)["sessions"] == 0  # every session closed
+
+
+def test_missing_models_are_named_with_the_stage_that_makes_them(play_folders, tmp_path):
+    proc = subprocess.run(
+        ["dreamer4", "play", "--tokenizer", str(play_folders["tokenizer"]),
+         "--world-model", str(play_folders["world_model"]), "--policy", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'none'}/config.json: missing" in proc.stderr
+    assert "dvc repro train_policy" in proc.stderr

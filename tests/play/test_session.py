@@ -13,6 +13,7 @@ import torch
 
 from dreamer4.play.session import PlayError, PlaySession, load_models
 from dreamer4.stages.ingest import ingest
+from orchestration.automation import inbox_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,6 +129,8 @@ def test_a_saved_game_is_raw_data_that_ingest_reads_with_every_step(models, tmp_
     assert not episode.name.startswith(".")  # written aside, renamed whole
     options = json.loads(next(episode.glob("*-options.json")).read_text())
     assert options["player"] == "human" and options["world_seed"] == s.world >= 2_000_000
+    # the inbox sensor sees it: the next retraining starts from collect
+    assert list(inbox_fingerprint(tmp_path / "inbox")) == [f"play/{episode.name}/{episode.name}"]
     summary = ingest(tmp_path / "inbox", tmp_path / "episodes", resolution=32)
     assert summary["episodes"] == 1 and summary["quarantined"] == 0
     steps = pd.read_parquet(tmp_path / "episodes" / "steps.parquet")

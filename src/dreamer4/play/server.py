@@ -203,7 +203,7 @@ async def _clock(
     loop = asyncio.get_running_loop()
     period, due = 1.0 / fps, time.monotonic()
     while True:
-        text = await loop.run_in_executor(pool, _frame, session)
+        text = await loop.run_in_executor(pool, frame_message, session)
         if queue.full():  # the page reads slower than we tick: drop the oldest frame
             queue.get_nowait()
             counters.dropped += 1
@@ -213,7 +213,7 @@ async def _clock(
         await asyncio.sleep(due - time.monotonic())
 
 
-def _frame(session: PlaySession) -> str:
+def frame_message(session: PlaySession) -> str:
     """One tick, as the JSON the page reads (in a worker thread: torch and PNG release the GIL)."""
     tick = session.tick()
     buffer = io.BytesIO()
