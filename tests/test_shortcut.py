@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from dreamer4.dynamics import Dynamics, DynamicsConfig
 from dreamer4.nn import KVCache
 from dreamer4.shortcut import (
+    FrameSampler,
     ShortcutConfig,
     context_level,
     generate,
@@ -244,6 +245,26 @@ def test_generate_with_kv_cache_matches_recomputation(one_thread: None) -> None:
     generate(model, context, actions, 3, steps=4, context_window=2)
     assert calls[0] == (3, 0) and len(calls) == 1 + 3 * 4 + 2
     assert all(t == 1 and 0 < length <= 2 for t, length in calls[1:])
+
+
+def test_frame_sampler_one_action_at_a_time_is_generate(one_thread: None) -> None:
+    """A person choosing each action after the last frame (`dreamer4 play`) gets the frames
+    `generate` makes from the same actions given at once: same context, same noise draws."""
+    torch.manual_seed(0)
+    model = Dynamics(SMALL).eval()
+    g = torch.Generator().manual_seed(1)
+    context = torch.randn(1, 3, 4, 2, generator=g).tanh()
+    actions = {"crafter": torch.randint(0, 17, (1, 8), generator=g)}
+    rollout = generate(
+        model, context, actions, 5, generator=torch.Generator().manual_seed(5), context_window=4
+    )
+    sampler = FrameSampler(model, generator=torch.Generator().manual_seed(5), context_window=4)
+    sampler.start(context, {"crafter": actions["crafter"][:, :3]})
+    frames = [sampler.next({"crafter": actions["crafter"][:, 3 + i : 4 + i]}) for i in range(5)]
+    assert torch.allclose(torch.cat(frames, 1), rollout, atol=1e-5)
+    assert sampler.cache.length <= 4 + 1  # cropped to the window before each frame
+    with pytest.raises(RuntimeError, match="before start"):
+        FrameSampler(model).frame(None)
 
 
 def test_generate_from_no_context_and_for_no_frames(one_thread: None) -> None:

@@ -114,17 +114,23 @@ def test_the_page_plays_every_mode_hands_over_to_the_agent_and_saves_a_game(
             time.sleep(0.2)
         assert len(seen) >= 2 and all(s.endswith("(agent)") for s in seen)
         assert page.text_content("#value") != "–"  # the phase-3 value head's reading
-        page.uncheck("#agent")
+        page.uncheck("#agent")  # a new recording starts: the person's next steps
+        page.keyboard.down("d")
+        page.wait_for_function("parseInt(document.getElementById('recorded').textContent) >= 10")
+        page.keyboard.up("d")
 
         page.click("#save")
         page.wait_for_function("document.getElementById('recorded').textContent.includes('saved')")
+        page_saved = page.text_content("#recorded")
         assert page.text_content("#status") == ""  # no error event on the way
         page.close()
 
-    (episode,) = list((inbox / "play").iterdir())
-    (jsonl,) = episode.glob("*.jsonl")
-    recorded = len(jsonl.read_text().splitlines())
-    assert recorded > 5  # game and side steps (the dream's are not real)
+    saved = page_saved.rsplit("saved ", 1)[1].strip()
+    episodes = sorted((inbox / "play").iterdir())
+    assert saved in {str(e) for e in episodes}  # the page named what #save wrote
+    # the agent's turn cut the game in two (its play is not data); each part is an episode
+    recorded = sum(len(next(e.glob("*.jsonl")).read_text().splitlines()) for e in episodes)
+    assert recorded > 5
     out = tmp_path / "episodes"
     proc = subprocess.run(
         ["dreamer4", "ingest", "--raw", str(inbox), "--out", str(out)],
@@ -132,6 +138,7 @@ def test_the_page_plays_every_mode_hands_over_to_the_agent_and_saves_a_game(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(pd.read_parquet(out / "steps.parquet")) == recorded  # every step read
+    assert json.loads((out / "dataset.json").read_text())["episodes"] == len(episodes)
 
 
 async def _load(url: str, seconds: float, proc: subprocess.Popen) -> dict:
@@ -202,3 +209,39 @@ def test_missing_models_are_named_with_the_stage_that_makes_them(play_folders, t
     assert proc.returncode == 2
     assert f"{tmp_path / 'none'}/config.json: missing" in proc.stderr
     assert "dvc repro train_policy" in proc.stderr
+
+
+def test_bad_messages_are_answered_and_a_closed_page_keeps_its_game(play_folders, tmp_path):
+    folders = [f"--{k.replace('_', '-')}={v}" for k, v in play_folders.items()]
+    inbox = tmp_path / "inbox"
+
+    async def page(url: str) -> tuple[list[str], int]:
+        async with websockets.connect(url.replace("http", "ws") + "ws") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            await ws.send(b"\x00\x01")  # binary
+            await ws.send("[" * 5000 + "]" * 5000)  # deeper than the JSON parser goes
+            await ws.send(json.dumps({"type": "mode"}))  # a field missing
+            await ws.send(json.dumps({"type": "fly"}))  # an unknown request
+            await ws.send(json.dumps({"type": "key", "key": "d", "down": True}))
+            errors, frames = [], 0
+            while len(errors) < 4 or frames < 12:  # the session goes on after each (and plays
+                # more than play.min_steps, so that its game is kept)
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if message["type"] == "error":
+                    errors.append(message["message"])
+                else:
+                    frames += message["type"] == "frame"
+            return errors, frames
+
+    with serve(REPO, *folders, "--inbox", str(inbox)) as (url, _):
+        errors, _ = asyncio.run(page(url))
+        assert "binary" in errors[0] and "missing 'mode'" in errors[2] and "fly" in errors[3]
+        deadline = time.monotonic() + 20
+        while status(url)["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status(url)["sessions"] == 0
+    (episode,) = list((inbox / "play").iterdir())  # the page closed: its game was saved
+    (jsonl,) = episode.glob("*.jsonl")
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) >= 6 and lines[-1]["action"] is None
+    assert [line["action"] for line in lines[-4:-1]] == ["move_right"] * 3  # the key held

@@ -155,3 +155,59 @@ def test_an_ended_episode_and_a_long_recording_are_saved_on_their_own(models, tm
         json.loads(line) for line in next(s.saved[-1].glob("*.jsonl")).read_text().splitlines()
     ]
     assert len(lines) == 3 and lines[-1]["done"] is True and lines[-1]["action"] is None
+
+
+def test_leaving_the_dream_the_agent_forgets_it_and_the_real_context_stays(models, tmp_path):
+    s = new(models, tmp_path)
+    for _ in range(3):
+        s.tick()
+    history = len(s.history)
+    s.set_mode("dream")
+    for _ in range(3):
+        s.tick()
+    s.set_mode("side")  # the agent read dreamed frames: it starts again on the real game
+    assert s.player.agent_cache.length == 0 and len(s.history) == history
+    s.tick()
+    assert s.player.agent_cache.length == 2  # the real frame shown, then the next one
+
+
+def test_only_the_persons_play_is_recorded_and_nothing_is_lost(models, tmp_path):
+    s = new(models, tmp_path)
+    for _ in range(3):
+        s.tick()
+    s.set_agent(True)  # the person's game so far is saved; the agent's play is not data
+    assert len(s.saved) == 1
+    for _ in range(4):
+        s.tick()
+    assert s.recording.lines == []
+    s.set_agent(False)
+    s.tick()
+    s.tick()
+    s.reset()  # a new world: the game so far is saved first
+    assert len(s.saved) == 2
+    lines = next(s.saved[-1].glob("*.jsonl")).read_text().splitlines()
+    assert len(lines) == 3  # two steps and the frame after them
+    options = json.loads(next(s.saved[-1].glob("*-options.json")).read_text())
+    assert options["first_step"] == 7 and options["player"] == "human"
+
+
+def test_a_failed_save_is_told_and_keeps_the_game(models, tmp_path):
+    blocked = tmp_path / "inbox"
+    s = PlaySession(models, blocked, seed=0)
+    blocked.write_text("not a folder")  # the inbox cannot be written
+    s.tick()
+    s.request("save")
+    tick = s.tick()
+    assert len(s.recording.lines) == 2 and not s.saved
+    assert "could not save the game" in tick.info["errors"][0]
+    assert s.tick().info["errors"] == []  # told once
+    blocked.unlink()
+    assert s.save() is not None and len(s.recording.lines) == 0
+
+
+def test_shortcut_steps_the_world_model_was_not_trained_for_are_refused(play_folders):
+    from dreamer4.errors import StageError
+
+    folders = [play_folders[k] for k in ("tokenizer", "world_model", "policy")]
+    with pytest.raises(StageError, match="power of two dividing k_max = 8"):
+        load_models(*folders, steps=3)

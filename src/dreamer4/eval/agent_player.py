@@ -72,6 +72,11 @@ class AgentPlayer:
     def reset(self) -> None:
         """Start new episodes: empty caches, no previous action."""
         self.tokenizer_cache = KVCache.empty(self.tokenizer.encoder.cfg)
+        self.reset_agent()
+
+    def reset_agent(self) -> None:
+        """Forget what the agent read (its cache, the previous action), not the frames the
+        tokenizer encoded: for a stream of frames that goes on while the agent read others."""
         self.agent_cache = self.agent.new_cache()
         self.previous: dict[str, Tensor] | None = None
         self.features: Tensor | None = None  # h of the last step (B, width)

@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class PlayConfig:
     max_sessions: int = 4
     send_queue: int = 2
     record_steps: int = 1000
+    min_steps: int = 8
 
 
 @dataclass
@@ -75,12 +77,16 @@ class Counters:
     started: float = field(default_factory=time.monotonic)
 
 
-def create_app(models: PlayModels, cfg: PlayConfig) -> Starlette:
-    """The ASGI app over loaded models (tests serve it on a free loopback port)."""
+def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlette:
+    """The ASGI app over loaded models (tests serve it on a free loopback port). threads: the
+    cores the ticks may use (0: all), shared among the worker threads."""
     counters = Counters()
     # Ticks are CPU-bound: one worker thread per core serves any number of sessions as fast as
-    # more would, and bounds the per-thread memory (allocator arenas, torch's buffers).
-    workers = max(1, min(cfg.max_sessions, os.cpu_count() or 1))
+    # more would, and bounds the per-thread memory (allocator arenas, torch's buffers). Torch's
+    # thread count (the process's) follows the open sessions: every core for one page, one
+    # each when there are as many pages as cores, so ticks never oversubscribe the cores.
+    cores = threads or os.cpu_count() or 1
+    workers = max(1, min(cfg.max_sessions, cores))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="play")
     classifier(cfg.size)  # the tile classifier of side by side, built once before any page
     page = PAGE.read_text()
@@ -96,6 +102,7 @@ def create_app(models: PlayModels, cfg: PlayConfig) -> Starlette:
                 "opened": counters.opened,
                 "frames": counters.frames,
                 "dropped": counters.dropped,
+                "workers": workers,
                 "uptime_s": round(time.monotonic() - counters.started, 1),
             }
         )
@@ -108,31 +115,43 @@ def create_app(models: PlayModels, cfg: PlayConfig) -> Starlette:
             return
         counters.sessions += 1
         counters.opened += 1
+        loop = asyncio.get_running_loop()
+        session: PlaySession | None = None
         tasks: list[asyncio.Task] = []
         try:
-            loop = asyncio.get_running_loop()
             session = await loop.run_in_executor(pool, _new_session, models, cfg)
             await ws.send_text(json.dumps(_hello(models, cfg)))
             queue: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.send_queue)
             tasks = [
-                asyncio.create_task(_clock(session, queue, pool, cfg.fps, counters)),
+                asyncio.create_task(_receive(ws, session)),
+                asyncio.create_task(_clock(session, queue, pool, cfg.fps, counters, cores)),
                 asyncio.create_task(_sender(ws, queue)),
             ]
-            await _receive(ws, session, tasks)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            failed = [t.exception() for t in done if not t.cancelled() and t.exception()]
+            crash = [e for e in failed if not isinstance(e, WebSocketDisconnect | OSError)]
+            if crash:  # a bug: tell the page, close, keep the traceback in the server's log
+                traceback.print_exception(crash[0])
+                with suppress(Exception):
+                    await _send(ws, error=f"the session failed: {crash[0]!r}")
+                    await ws.close(code=1011)
         except WebSocketDisconnect:
             pass
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                with suppress(BaseException):
                     await task
+            if session is not None:  # keep what the person played
+                with suppress(Exception):
+                    await loop.run_in_executor(pool, session.close)
             counters.sessions -= 1
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
     return Starlette(
         routes=[Route("/", index), Route("/status", status), WebSocketRoute("/ws", play)],
@@ -148,6 +167,7 @@ def _new_session(models: PlayModels, cfg: PlayConfig) -> PlaySession:
         worlds=cfg.worlds,
         size=cfg.size,
         record_steps=cfg.record_steps,
+        min_steps=cfg.min_steps,
     )
 
 
@@ -168,28 +188,29 @@ async def _send(ws: WebSocket, error: str) -> None:
     await ws.send_text(json.dumps({"type": "error", "message": error}))
 
 
-async def _receive(ws: WebSocket, session: PlaySession, tasks: list[asyncio.Task]) -> None:
+async def _receive(ws: WebSocket, session: PlaySession) -> None:
     """Apply the page's messages until it closes; a bad one is answered and ignored."""
     while True:
-        text = await ws.receive_text()
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
         try:
-            message = json.loads(text)
-            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            if text is None:
+                raise PlayError("binary messages are not understood: send JSON text")
+            request = json.loads(text)
+            if not isinstance(request, dict) or not isinstance(request.get("type"), str):
                 raise PlayError("a message is a JSON object with a string `type`")
-            kind = message["type"]
+            kind = request["type"]
             if kind == "key":
-                session.key(str(message["key"]), bool(message.get("down", True)))
+                session.key(str(request["key"]), bool(request.get("down", True)))
             else:
                 value = {"mode": "mode", "agent": "on", "task": "task"}.get(kind)
-                session.request(kind, message[value] if value else None)
-        except (json.JSONDecodeError, PlayError, KeyError) as err:
-            reason = f"missing {err}" if isinstance(err, KeyError) else str(err)
-            await _send(ws, error=f"ignored {text[:80]!r}: {reason}")
-        if any(t.done() for t in tasks):  # the clock failed or the sender lost the socket
-            for t in tasks:
-                if t.done() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            return
+                session.request(kind, request[value] if value else None)
+        except KeyError as err:
+            await _send(ws, error=f"ignored {str(text)[:80]!r}: missing {err}")
+        except (ValueError, TypeError, RecursionError) as err:  # PlayError, bad JSON, …
+            await _send(ws, error=f"ignored {str(text)[:80]!r}: {err}")
 
 
 async def _clock(
@@ -198,12 +219,14 @@ async def _clock(
     pool: ThreadPoolExecutor,
     fps: float,
     counters: Counters,
+    cores: int,
 ) -> None:
     """Tick at `fps` (or as fast as the models allow), each frame into the bounded queue."""
     loop = asyncio.get_running_loop()
     period, due = 1.0 / fps, time.monotonic()
     while True:
-        text = await loop.run_in_executor(pool, frame_message, session)
+        threads = max(1, cores // max(1, counters.sessions))
+        text = await loop.run_in_executor(pool, frame_message, session, threads)
         if queue.full():  # the page reads slower than we tick: drop the oldest frame
             queue.get_nowait()
             counters.dropped += 1
@@ -213,8 +236,11 @@ async def _clock(
         await asyncio.sleep(due - time.monotonic())
 
 
-def frame_message(session: PlaySession) -> str:
-    """One tick, as the JSON the page reads (in a worker thread: torch and PNG release the GIL)."""
+def frame_message(session: PlaySession, threads: int = 0) -> str:
+    """One tick, as the JSON the page reads (in a worker thread: torch and PNG release the
+    GIL); threads: torch threads of this worker for it (0: as they are)."""
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     tick = session.tick()
     buffer = io.BytesIO()
     Image.fromarray(tick.image).save(buffer, format="PNG", compress_level=1)
@@ -246,7 +272,6 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.load(args, "play")
     own = settings.own
     threads = own.count("threads", low=0)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
     paths = {
         "tokenizer": settings.path("tokenizer", args.tokenizer),
         "world_model": settings.path("world_model", args.world_model),
@@ -270,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=own.count("max_sessions", args.max_sessions),
         send_queue=own.count("send_queue"),
         record_steps=own.count("record_steps"),
+        min_steps=own.count("min_steps"),
     )
     host = str(args.host or own["host"])
     port = own.count("port", args.port, low=0)
@@ -284,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"play: serving http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
     config = uvicorn.Config(
-        create_app(models, cfg), log_level="warning", ws="websockets-sansio",
+        create_app(models, cfg, threads), log_level="warning", ws="websockets-sansio",
         timeout_graceful_shutdown=5, lifespan="on",
     )  # fmt: skip
     try:  # uvicorn closes the sockets and the sessions, then re-raises the Ctrl-C it caught

@@ -14,21 +14,24 @@ the chosen mode:
   accuracy, so a person sees where the dream drifts. Entering it restarts the dream from the
   real game, so the two start alike.
 
-The agent (the `policy` asset) reads every frame as in evaluation — real frames through the
-tokenizer's encoder, dreamed latents directly, as in imagination — so its predicted reward and
-value are shown whoever has the keys; a person's action replaces its sample as the action the
-agent sees next. The readouts are the agent's reading of the frame the action was taken at.
+The agent (the `policy` asset) reads every frame shown as in evaluation — real frames through
+the tokenizer's encoder, dreamed latents directly, as in imagination — so its predicted reward
+and value for the frame on the page are shown whoever has the keys; it samples its next action
+then, and a person's action replaces that sample as the action it sees next. Leaving the dream
+it forgets what it read there (the tokenizer's stream of real frames goes on).
 
-Real steps (game and side) are recorded in `collect`'s raw format and saved into `paths.inbox`
-by `save()`, at the episode's end, or when a recording reaches `record_steps`: written in a
-hidden folder there and renamed whole when complete, so the inbox sensor never sees half an
-episode.
+A person's real steps (game and side) are recorded in `collect`'s raw format and saved into
+`paths.inbox` by `save()`, at the episode's end, on a new world, when the page closes, when the
+agent takes the keys (its own play is not recorded: the data is human play), or when a
+recording reaches `record_steps`; written in a hidden folder there and renamed whole when
+complete, so the inbox sensor never sees half an episode.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -121,11 +124,16 @@ def load_models(
     player, tasks = model_player(Path(policy_dir), tokenizer)
     if player.agent.dynamics.cfg.latents != world_model.cfg.latents:
         raise StageError(f"{policy_dir}: its agent reads other latents than {world_model_dir}")
+    k, k_max = int(steps) or shortcut.inference_steps, world_model.cfg.k_max
+    if k < 1 or k & (k - 1) or k_max % k:
+        raise StageError(f"play.steps = {k}: a power of two dividing k_max = {k_max}")
+    for module in (tokenizer, world_model, player.agent):
+        module.requires_grad_(False)  # shared by every session's threads, read only
     return PlayModels(
         tokenizer=tokenizer,
         world_model=world_model,
         shortcut=shortcut,
-        steps=int(steps) or shortcut.inference_steps,
+        steps=k,
         window=longest - 1,
         player=player,
         tasks=tuple(tasks),
@@ -141,7 +149,7 @@ class Tick:
 
 
 class PlaySession:
-    """One page's game: `tick()` on the server's clock, the setters between ticks."""
+    """One page's game: `tick()` on the server's clock, `key` and `request` between ticks."""
 
     def __init__(
         self,
@@ -152,9 +160,13 @@ class PlaySession:
         size: int = 64,
         record_steps: int = 1000,
         seed: int | None = None,
+        min_steps: int = 1,
     ) -> None:
+        """min_steps: shorter recordings are dropped, not saved (ingest would quarantine them
+        below its `min_length`)."""
         self.models, self.inbox, self.size = models, Path(inbox), size
         self.first_seed, self.worlds, self.record_steps = first_seed, worlds, record_steps
+        self.min_steps = min_steps
         self.name = uuid.uuid4().hex[:8]
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
@@ -166,8 +178,10 @@ class PlaySession:
         self.pending: deque[int] = deque(maxlen=8)
         self.held: dict[str, int] = {}  # key → action, in the order pressed
         self._keys = threading.Lock()
+        self._busy = threading.Lock()  # a tick, or closing
         self._controls: deque[Callable[[], Any]] = deque()
         self.saved: list[Path] = []
+        self.errors: list[str] = []  # what went wrong since the last tick (told to the page)
         self.recordings = 0
         self.sampler = FrameSampler(
             models.world_model,
@@ -176,12 +190,15 @@ class PlaySession:
             generator=self.generator,
             context_window=models.window,
         )
+        self.recording = PlayedEpisode()
         self.reset()
 
     # -- controls -----------------------------------------------------------------------------
 
+    @torch.no_grad()
     def reset(self) -> None:
-        """A new held-out world; the dream, if shown, restarts from it."""
+        """A new held-out world (the game so far saved first); the dream, if shown, restarts."""
+        self.save()
         self.world = self.first_seed + int(self.rng.integers(self.worlds))
         reseed(self.env, self.world)
         self.obs = self.env.reset()
@@ -189,22 +206,34 @@ class PlaySession:
         self.unlocked: list[str] = []
         self.steps, self.episode_reward = 0, 0.0
         self._new_recording()
-        self._restart_agent()
+        self.player.reset()
+        self.history: deque[tuple[Tensor, int]] = deque(maxlen=self.models.window + 1)
+        self._encode_real(-1)
+        self._read = False  # the agent has not read the frame shown yet
         self.dream_view: np.ndarray | None = None
         if self.mode != "game":
             self._start_dream()
 
+    @torch.no_grad()
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise PlayError(f"mode {mode!r}: one of {', '.join(MODES)}")
         before, self.mode = self.mode, mode
+        if before == "dream" and mode != "dream":  # its cache holds the dream: forget it
+            self.player.reset_agent()
+            self._read = False
         if mode == "side" or (mode == "dream" and before == "game"):
             self._start_dream()  # from the real game's current context
-        elif mode == "game" and before == "dream":
-            self._restart_agent()  # its caches hold the dream: read the real game afresh
 
     def set_agent(self, on: bool) -> None:
-        self.agent_on = bool(on)
+        """Hand the keys to the agent (the person's game so far is saved: its play is not
+        recorded) or back (a new recording starts at this frame)."""
+        on = bool(on)
+        if on and not self.agent_on:
+            self.save()
+        elif self.agent_on and not on:
+            self._new_recording()
+        self.agent_on = on
 
     def set_task(self, task: str) -> None:
         self.task = self._task_index(task)
@@ -250,38 +279,63 @@ class PlaySession:
             else:
                 self.held.pop(name, None)
 
-    def save(self) -> Path | None:
-        """Save the real game recorded so far (if any step) into the inbox; go on recording."""
-        if not self.recording.lines:
+    def save(self, done: bool = False) -> Path | None:
+        """Save the person's real game recorded so far (if `min_steps` or more) into the inbox
+        and go on recording from this frame; a failed write is told to the page, the
+        recording kept. done: the episode ended at this frame."""
+        if len(self.recording.lines) < self.min_steps:
+            if self.recording.lines:
+                self._new_recording()  # too short to be data
             return None
-        self.recording.finish(self.obs, inventory_of(self.env), done=False)
-        return self._write_and_renew()
+        episode = PlayedEpisode(
+            frames=list(self.recording.frames), lines=list(self.recording.lines)
+        )
+        episode.finish(self.obs, inventory_of(self.env), done=done)
+        return self._write(episode)
 
     # -- the clock ------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    def close(self) -> None:
+        """The page went away: save what the person played (after a tick in flight)."""
+        with self._busy:
+            self.save()
+
     def tick(self) -> Tick:
         """Apply the controls requested since the last tick, then one step of the chosen mode
-        with the chosen action."""
+        with the chosen action; the agent then reads the frame shown."""
+        with self._busy:
+            return self._tick()
+
+    @torch.no_grad()
+    def _tick(self) -> Tick:
         while self._controls:
-            self._controls.popleft()()
-        dream_only = self.mode == "dream"
-        z = self.z_dream if dream_only else self.z_real
-        task = torch.tensor([self.task])
-        sampled = int(self.player.act_latents(z, task)["crafter"][0])
-        heads = {k: float(v[0]) for k, v in self.player.predictions().items()}
+            try:
+                self._controls.popleft()()
+            except PlayError as err:
+                self.errors.append(str(err))
+        if not self._read:
+            self._agent_reads()
         pressed = self._key_action()
-        action = sampled if self.agent_on else pressed
-        if not self.agent_on:
-            self.player.took({"crafter": torch.tensor([action])})
+        action = self.sampled if self.agent_on else pressed
+        self.player.took({"crafter": torch.tensor([action])})
         ended = False
         if self.mode in ("game", "side"):
             ended = self._real_step(action)
         if self.mode in ("dream", "side") and not ended:
             self._dream_step(action)
-        return Tick(self._view(), self._info(action, heads))
+        self._agent_reads()
+        tick = Tick(self._view(), self._info(action))
+        self.errors = []
+        return tick
 
     # -- steps -----------------------------------------------------------------------------------
+
+    def _agent_reads(self) -> None:
+        """The agent's pass over the frame shown: its readouts and its next action's sample."""
+        z = self.z_dream if self.mode == "dream" else self.z_real
+        self.sampled = int(self.player.act_latents(z, torch.tensor([self.task]))["crafter"][0])
+        self.heads = {k: float(v[0]) for k, v in self.player.predictions().items()}
+        self._read = True
 
     def _key_action(self) -> int:
         with self._keys:
@@ -295,7 +349,8 @@ class PlaySession:
             return NOOP
 
     def _real_step(self, action: int) -> bool:
-        """Step real Crafter and record it; True when the episode ended (saved, then reset)."""
+        """Step real Crafter (recording a person's step); True when the episode ended (saved,
+        then a new world)."""
         inventory = inventory_of(self.env)
         frame = self.obs
         self.obs, reward, done, info = self.env.step(action)
@@ -304,12 +359,11 @@ class PlaySession:
         self.unlocked += [u for u in unlocked if u not in self.unlocked]
         self.steps += 1
         self.episode_reward += float(reward)
-        self.recording.add_step(frame, inventory, action, reward, unlocked)
-        self.by_agent += int(self.agent_on)
+        if not self.agent_on:
+            self.recording.add_step(frame, inventory, action, reward, unlocked)
         self._encode_real(action)
         if done:
-            self.recording.finish(self.obs, inventory_of(self.env), done=True)
-            self._write_and_renew()
+            self.save(done=True)
             self.reset()
             return True
         if len(self.recording.lines) >= self.record_steps:
@@ -326,21 +380,19 @@ class PlaySession:
         self.z_real = self.player.encode(seen[None])
         self.history.append((self.z_real, action_in))
 
-    def _restart_agent(self) -> None:
-        self.player.reset()
-        self.history: deque[tuple[Tensor, int]] = deque(maxlen=self.models.window + 1)
-        self._encode_real(-1)
-
+    @torch.no_grad()
     def _start_dream(self) -> None:
-        """The dream from the real game's context: its latents and the actions between them."""
+        """The dream from the real game's context: its latents and the actions between them;
+        the decoder's cache warmed on the frames before the last that it was trained to see."""
         context = torch.cat([z for z, _ in self.history], 1)
         actions = torch.tensor([[a for _, a in self.history]])
         actions[:, 0] = -1  # nothing known leads into the first frame of the context
         self.sampler.start(context, {"crafter": actions})
         tok = self.models.tokenizer
         self.decoder_cache = KVCache.empty(tok.decoder.cfg)
-        if context.shape[1] > 1:
-            tok.decode(context[:, :-1], cache=self.decoder_cache)
+        past = context[:, -tok.cfg.sequence : -1]
+        for t in range(past.shape[1]):  # frame by frame, as `Tokenizer.decode_stream`
+            tok.decode(past[:, t : t + 1], cache=self.decoder_cache)
             self.decoder_cache.crop(tok.cfg.sequence - 1)
         self.z_dream = context[:, -1:]
         self.dream_view = self._decode(self.z_dream)
@@ -363,7 +415,8 @@ class PlaySession:
         gap = np.full((real.shape[0], 1, 3), 255, np.uint8)
         return np.concatenate([real, gap, self.dream_view], 1)
 
-    def _info(self, action: int, heads: dict[str, float]) -> dict[str, Any]:
+    def _info(self, action: int) -> dict[str, Any]:
+        heads = self.heads
         info: dict[str, Any] = {
             "type": "frame",
             "mode": self.mode,
@@ -379,52 +432,51 @@ class PlaySession:
             "achievements": self.unlocked,
             "recorded": len(self.recording.lines),
             "saved": [str(p) for p in self.saved[-3:]],
+            "errors": list(self.errors),
         }
         if self.mode == "side":
             real = resize_frame(self.obs, self.models.resolution)
             dream = torch.from_numpy(self.dream_view).float() / 127.5 - 1
             truth = torch.from_numpy(real.copy()).float() / 127.5 - 1
             info["psnr"] = round(float(psnr(dream, truth)), 2)
-            info["tile_accuracy"] = round(
-                float(tile_accuracy(dream[None], torch.from_numpy(self.obs.copy())[None])), 3
-            )
+            shown = torch.from_numpy(self.obs.copy())[None]
+            info["tile_accuracy"] = round(float(tile_accuracy(dream[None], shown, self.size)), 3)
         return info
 
     # -- recordings ------------------------------------------------------------------------------
 
     def _new_recording(self) -> None:
         self.recording = PlayedEpisode()
-        self.by_agent = 0
         self.recording_world, self.recording_start = self.world, self.steps
 
-    def _write_and_renew(self) -> Path:
-        """Write the finished recording into the inbox (a hidden folder renamed whole)."""
+    def _write(self, episode: PlayedEpisode) -> Path | None:
+        """Write a finished recording into the inbox (a hidden folder renamed whole) and start
+        a new one at this frame; None, the error kept for the page, if the write failed."""
         self.recordings += 1
-        episode = f"play-{time.strftime('%Y%m%d-%H%M%S')}-{self.name}-{self.recordings:03d}"
-        steps = len(self.recording.lines) - 1
+        name = f"play-{time.strftime('%Y%m%d-%H%M%S')}-{self.name}-{self.recordings:03d}"
         options = {
-            "id": episode,
+            "id": name,
             "world_seed": self.recording_world,
             "first_step": self.recording_start,
             "size": self.size,
             "env": "crafter",
             "crafter_version": "1.8.3",
-            "player": "human"
-            if not self.by_agent
-            else "agent"
-            if self.by_agent == steps
-            else "mixed",
-            "agent_steps": self.by_agent,
+            "player": "human",
             "fps": 20,
             "source": "dreamer4 play",
         }
         folder = self.inbox / "play"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{episode}.", dir=folder))
-        write_crafter_episode(
-            tmp, episode, np.stack(self.recording.frames), self.recording.lines, options
-        )
-        os.replace(tmp, folder / episode)
-        self.saved.append(folder / episode)
+        tmp = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
+            write_crafter_episode(tmp, name, np.stack(episode.frames), episode.lines, options)
+            os.replace(tmp, folder / name)
+        except OSError as err:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.errors.append(f"could not save the game into {folder}: {err}")
+            return None
+        self.saved.append(folder / name)
         self._new_recording()
-        return folder / episode
+        return folder / name
