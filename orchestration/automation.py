@@ -33,6 +33,7 @@ def settings(root: Path) -> dict[str, Any]:
         "retrain_cron": "0 3 * * 1",
         "timezone": "UTC",
         "inbox_interval_s": 60,
+        "record_interval_s": 30,
         **(params.get("orchestration") or {}),
     }
     own["inbox"] = root / params.get("paths", {}).get("inbox", "inbox")

@@ -21,6 +21,7 @@ from orchestration.automation import RETRAIN_JOB, inbox_sensor, retrain_schedule
 from orchestration.checks import CHECKS
 from orchestration.dvc_graph import Stage, read_stages
 from orchestration.metadata import stage_metadata
+from orchestration.record import dvc_lock_sensor, lock_hashes
 
 DEFAULT_ROOT = Path(os.environ.get("DREAMER4_REPO", Path(__file__).resolve().parent.parent))
 
@@ -65,12 +66,7 @@ class DvcRepo(dg.ConfigurableResource):
 
     def lock_hash(self, stage: str) -> str | None:
         """The md5 DVC recorded for the stage's first out (the asset's data version)."""
-
-        lock = Path(self.root) / "dvc.lock"
-        if not lock.exists():
-            return None
-        outs = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {}).get("outs")
-        return outs[0].get("md5") if outs else None
+        return lock_hashes(Path(self.root)).get(stage)
 
 
 def k8s_tags(root: Path, stages: list[str]) -> dict[str, dict[str, str]]:
@@ -141,7 +137,7 @@ def executor() -> dg.ExecutorDefinition | None:
 
 def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
     """Assets and checks for every stage of `root/dvc.yaml`, the retraining job, its weekly
-    schedule and the inbox sensor."""
+    schedule, the inbox sensor and the sensor recording `dvc repro` runs made outside Dagster."""
     stages = read_stages(root)
     owners = list(settings(root)["owners"])
     tags = k8s_tags(root, [s.name for s in stages])
@@ -159,7 +155,10 @@ def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
         asset_checks=[_check(s) for s in stages if s.asset in CHECKS],
         jobs=[job],
         schedules=[retrain_schedule(root, stages, job, gpu)],
-        sensors=[inbox_sensor(root, stages, job, gpu)],
+        sensors=[
+            inbox_sensor(root, stages, job, gpu),
+            dvc_lock_sensor(root, stages, int(settings(root)["record_interval_s"])),
+        ],
         resources={"dvc": DvcRepo(root=str(root))},
         executor=executor(),
     )

@@ -221,6 +221,7 @@ def test_dagster_yaml_passes_dagsters_instance_validation(tmp_path: Path) -> Non
     assert all(isinstance(v, dict) and set(v) == {"env"} for v in db.values()), db
     assert db["password"] == {"env": "DAGSTER_PG_PASSWORD"}  # what the launcher injects
     assert config["telemetry"] == {"enabled": False}
+    assert config["nux"] == {"enabled": False}  # no newsletter dialog on a first visit
     assert config["run_monitoring"]["enabled"] is True
 
     # the validation is strict: a misspelt key is an error
