@@ -19,6 +19,7 @@ from dreamer4.params import ParamsError
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 LAUNCHERS = ("torchrun", "deepspeed", "none")
+LAUNCH_ONLY = frozenset({"nnodes", "rdzv_endpoint"})  # need not be in params.yaml
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class TrainConfig:
     launcher: str = "torchrun"  # torchrun | deepspeed | none (in-process, one rank)
     nproc: int = 1  # processes per node
     hostfile: str | None = None  # deepspeed launcher only: multi-node
+    # torchrun across nodes (`LAUNCH_ONLY`: a host's place in a cluster is not a hyperparameter,
+    # so these come from the command line, params.yaml may but need not name them): the same
+    # command on every node, which meet at the c10d rendezvous `rdzv_endpoint` (host:port)
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9464  # Prometheus exporter on rank 0; None = off, 0 = any free port
     pushgateway: str | None = None  # e.g. http://127.0.0.1:9091 to push at each log and the end
@@ -77,7 +83,17 @@ class TrainConfig:
             "ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
             "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be 2 in [0, 1)"),
         }
-        for name in ("steps", "micro_batch", "grad_accum", "nproc", "checkpoint_every"):
+        rules["rdzv_endpoint"] = (
+            lambda v: v == "" or (":" in v and v.rsplit(":", 1)[1].isdigit()),
+            "must be host:port (or empty on one node)",
+        )
+        if values.get("nnodes", 1) != 1:
+            rules["launcher"] = (lambda v: v == "torchrun", "must be torchrun across nodes")
+            rules["rdzv_endpoint"] = (
+                lambda v: ":" in v and v.rsplit(":", 1)[1].isdigit(),
+                "must be host:port across nodes (the rendezvous every node meets at)",
+            )
+        for name in ("steps", "micro_batch", "grad_accum", "nproc", "nnodes", "checkpoint_every"):
             rules[name] = (lambda v: int(v) == v and v >= 1, "must be an integer >= 1")
         for name in ("warmup_steps", "eval_every", "data_workers"):
             rules[name] = (lambda v: int(v) == v and v >= 0, "must be an integer >= 0")
@@ -114,7 +130,7 @@ class TrainConfig:
                     )
                 merged[key] = value
                 origin[key] = f"{source}: {where}.{key}" if sec is not cli else f"--{key}"
-        if complete and (missing := sorted(known - set(merged))):
+        if complete and (missing := sorted(known - set(merged) - LAUNCH_ONLY)):
             where = getattr(sections[0], "where", "train") if sections else "train"
             raise ParamsError(f"train settings: {where}: missing keys {missing}")
         if "betas" in merged:

@@ -37,7 +37,7 @@ from dreamer4.errors import StageError
 from dreamer4.files import read_config
 from dreamer4.params import Settings
 from dreamer4.train import checkpoint as ckpt
-from dreamer4.train.config import TrainConfig, deepspeed_config, resolve_precision
+from dreamer4.train.config import LAUNCH_ONLY, TrainConfig, deepspeed_config, resolve_precision
 from dreamer4.train.ema import Ema
 from dreamer4.train.launch import die_with_parent, in_worker, relaunch, single_process_env
 from dreamer4.train.metrics import SPEED, Exporter, History
@@ -47,6 +47,7 @@ from dreamer4.train.sequences import SequenceSpec, sequence_loader
 OPERATIONAL = (
     "launcher",
     "hostfile",
+    "rdzv_endpoint",
     "metrics_host",
     "metrics_port",
     "pushgateway",
@@ -139,7 +140,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", default=None, help="root folder of resumable checkpoints")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--launcher", choices=("torchrun", "deepspeed", "none"), default=None)
-    p.add_argument("--nproc", type=int, default=None, help="processes per node")
+    # `--nproc` abbreviates two of torchrun's options, which torchrun then refuses even after
+    # the script it runs: the ranks get the full name (`relaunch_argv`)
+    p.add_argument("--nproc-per-node", "--nproc", dest="nproc", type=int, default=None,
+                   help="processes per node")  # fmt: skip
+    p.add_argument("--nnodes", type=int, default=None, help="nodes (torchrun; default 1)")
+    p.add_argument(
+        "--rdzv-endpoint", default=None, help="host:port every node meets at (nnodes > 1)"
+    )
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None)
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0 = any)")
@@ -163,6 +171,8 @@ class TrainSettings(Settings):
             steps=args.steps,
             launcher=args.launcher,
             nproc=args.nproc,
+            nnodes=args.nnodes,
+            rdzv_endpoint=args.rdzv_endpoint,
             zero_stage=args.zero_stage,
             metrics_port=args.metrics_port,
             checkpoint_every=args.checkpoint_every,
@@ -222,8 +232,20 @@ def train_stage(args: argparse.Namespace, job: Job, cfg: TrainConfig, paths: Pat
             raise StageError(f"launcher none runs one process, but nproc is {cfg.nproc}")
         single_process_env()
         return fit(job, cfg, paths, announce=False)
-    argv = [a for a in args._argv if a != "--fresh"]
-    return relaunch(cfg, argv, announced=step is not None)
+    return relaunch(cfg, relaunch_argv(args._argv), announced=step is not None)
+
+
+def relaunch_argv(argv: list[str]) -> list[str]:
+    """The stage's command line for its ranks: without `--fresh` (done here, once), options
+    spelled so that the launcher passes them on."""
+    out = []
+    for a in argv:
+        if a == "--fresh":
+            continue
+        if a == "--nproc" or a.startswith("--nproc="):
+            a = "--nproc-per-node" + a[len("--nproc") :]
+        out.append(a)
+    return out
 
 
 class _StopFlag:
@@ -518,7 +540,8 @@ class Trainer:
             config = {
                 "stage": self.job.stage,
                 "model": self.job.config(),
-                "train": self.cfg.to_dict(),
+                # how it learned; where it ran (nodes, rendezvous) is in world_size alone
+                "train": {k: v for k, v in self.cfg.to_dict().items() if k not in LAUNCH_ONLY},
                 "precision": self.precision,
                 "world_size": self.world,
                 "steps": self.step,

@@ -68,18 +68,19 @@ def launcher_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
     """The command that runs `dreamer4 <argv>` on every rank."""
     target = ["-m", "dreamer4.cli", *argv]
     if cfg.launcher == "torchrun":
+        if cfg.nnodes > 1:  # every node runs this; they meet at the rendezvous, ranks assigned
+            where = ["--nnodes", str(cfg.nnodes), "--rdzv_backend", "c10d"]
+            where += ["--rdzv_endpoint", cfg.rdzv_endpoint, "--rdzv_id", f"dreamer4-{argv[0]}"]
+        else:
+            where = ["--nnodes", "1", "--master_addr", "127.0.0.1"]
+            where += ["--master_port", str(free_port())]
         return [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--nnodes",
-            "1",
+            *where,
             "--nproc_per_node",
             str(cfg.nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
             *target,
         ]
     if cfg.launcher == "deepspeed":
