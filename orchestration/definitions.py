@@ -157,7 +157,7 @@ def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
         schedules=[retrain_schedule(root, stages, job, gpu)],
         sensors=[
             inbox_sensor(root, stages, job, gpu),
-            dvc_lock_sensor(root, stages, int(settings(root)["record_interval_s"])),
+            dvc_lock_sensor(root, int(settings(root)["record_interval_s"])),
         ],
         resources={"dvc": DvcRepo(root=str(root))},
         executor=executor(),

@@ -160,6 +160,8 @@ def eval_report(root: Path, outs: tuple[str, ...]) -> dict[str, Any]:
             {agent: int(v) for agent, v in headline["episodes"].items()}
         ),
         "report": dg.MetadataValue.path(str(folder / "report.html")),
+        # one number per agent: plottable across runs in the asset's Plots tab
+        **{f"score_%/{agent}": round(float(v), 2) for agent, v in headline["score"].items()},
     }
     clip = folder / "real_game.gif"
     if clip.is_file():

@@ -7,8 +7,12 @@ an asset materialized outside it) with the metadata, data version (the md5 in dv
 version a materialization through Dagster carries, so numbers plot across runs and Dagster's
 stale markers follow DVC. Materializations, not observations: DVC did materialize the data, and
 an observation would leave the asset "Never materialized". Nothing is recomputed: the metadata
-is read from the stage's outputs. A stage whose dvc.lock hash is the one last recorded is
-skipped, so recording twice records nothing new.
+is read from the stage's outputs. Each event also names the data versions and events of the
+asset's upstream assets, as Dagster's own do, so Dagster calls it fresh until an upstream one
+changes. Recorded: only stages `dvc status` calls up to date (not one DVC is running or would
+rerun), upstream first, none while a Dagster run is under way (it records its own); a stage
+whose dvc.lock hash is the one last recorded is skipped, so recording twice records nothing
+new.
 
 Two ways in: `python -m orchestration.record` (`make run` calls it after `dvc repro`), and the
 `dvc_lock_sensor` (`make dagster`'s daemon: a `dvc repro` by hand appears within its interval).
@@ -25,70 +29,95 @@ from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
     DATA_VERSION_IS_USER_PROVIDED_TAG,
     DATA_VERSION_TAG,
+    NULL_EVENT_POINTER,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
 )
 
-from orchestration.dvc_graph import Stage, read_stages
+from orchestration.automation import stale_assets
+from orchestration.dvc_graph import read_stages
 from orchestration.metadata import stage_metadata
 
 
 def lock_hashes(root: Path) -> dict[str, str]:
-    """Stage → the md5 DVC recorded for its first out (the asset's data version)."""
+    """Stage → the md5 DVC recorded for its first out (the asset's data version); empty while
+    dvc.lock is missing or being rewritten (DVC writes it in place)."""
     lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
     return {
         name: entry["outs"][0]["md5"]
         for name, entry in stages.items()
-        if entry.get("outs") and entry["outs"][0].get("md5")
+        if isinstance(entry, dict) and entry.get("outs") and entry["outs"][0].get("md5")
     }
 
 
-def recorded_version(instance: dg.DagsterInstance, asset: str) -> str | None:
-    """The data version of the asset's latest materialization, if any."""
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        return None
-    return event.asset_materialization.tags.get(DATA_VERSION_TAG)
+def latest(instance: dg.DagsterInstance, asset: str) -> tuple[str | None, int | None]:
+    """The data version and the event's storage id of the asset's latest materialization."""
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None, None
+    return records[0].asset_materialization.tags.get(DATA_VERSION_TAG), records[0].storage_id
 
 
-def pending(
-    root: Path, stages: list[Stage], instance: dg.DagsterInstance
-) -> list[dg.AssetMaterialization]:
-    """A materialization for every stage whose dvc.lock hash is not the asset's latest
-    recorded data version (and whose outputs are there to describe)."""
-    hashes = lock_hashes(root)
-    events = []
-    for stage in stages:
-        md5 = hashes.get(stage.name)
-        if md5 is None or recorded_version(instance, stage.asset) == md5:
-            continue
-        if not all((root / out).exists() for out in stage.outs):
-            continue  # dvc.lock names outputs this checkout does not have (pull them first)
-        metadata = {"dvc_ran": True, "dvc_status": "ran outside Dagster (dvc repro)"}
-        metadata.update(stage_metadata(stage.asset, root, stage.outs))
-        tags = {DATA_VERSION_TAG: md5, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
-        if stage.code_version:
-            tags[CODE_VERSION_TAG] = stage.code_version
-        events.append(
-            dg.AssetMaterialization(
-                asset_key=stage.asset,
-                description=f"DVC stage `{stage.name}`, recorded from dvc.lock",
-                metadata=metadata,
-                tags=tags,
-            )
-        )
-    return events
+def busy(instance: dg.DagsterInstance) -> bool:
+    """A Dagster run is under way: it records its own materializations (no doubles)."""
+    active = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
+    return bool(instance.get_runs_count(dg.RunsFilter(statuses=active)))
 
 
 def record(root: Path, instance: dg.DagsterInstance) -> list[str]:
-    """Record what `pending` finds; the assets recorded."""
-    events = pending(root, read_stages(root), instance)
-    for event in events:
-        instance.report_runless_asset_event(event)
-    return [event.asset_key.to_user_string() for event in events]
+    """Record, upstream first, every stage DVC calls up to date whose dvc.lock hash is not the
+    asset's latest data version; the assets recorded. Each carries, as a materialization
+    through Dagster would, the data versions and events of its upstream assets, so Dagster
+    calls it fresh until one of them changes. Nothing while a Dagster run is under way."""
+    if busy(instance):
+        return []
+    stages, hashes = read_stages(root), lock_hashes(root)
+    stale = stale_assets(root, stages)  # running, or not rerun since their inputs changed
+    by_asset = {s.asset: s for s in stages}
+    recorded = []
+    for stage in stages:  # dvc.yaml order: every upstream stage comes first
+        md5 = hashes.get(stage.name)
+        if md5 is None or stage.asset in stale or latest(instance, stage.asset)[0] == md5:
+            continue
+        if not all((root / out).exists() for out in stage.outs):
+            continue  # dvc.lock names outputs this checkout does not have (pull them first)
+        try:
+            metadata = stage_metadata(stage.asset, root, stage.outs)
+        except (OSError, ValueError, KeyError) as err:  # an output DVC is rewriting, …
+            print(f"dagster: {stage.asset} not recorded: {err!r}", file=sys.stderr)
+            continue
+        tags = {DATA_VERSION_TAG: md5, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+        if stage.code_version:
+            tags[CODE_VERSION_TAG] = stage.code_version
+        for up in stage.upstream:
+            version, pointer = latest(instance, up)
+            key = dg.AssetKey(up)
+            tags[get_input_data_version_tag(key)] = version or hashes.get(by_asset[up].name, "")
+            tags[get_input_event_pointer_tag(key)] = str(pointer or NULL_EVENT_POINTER)
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=stage.asset,
+                description=f"DVC stage `{stage.name}`, recorded from dvc.lock",
+                metadata={"dvc_ran": True, "dvc_status": "ran outside Dagster", **metadata},
+                tags=tags,
+            )
+        )
+        recorded.append(stage.asset)
+    return recorded
 
 
-def dvc_lock_sensor(root: Path, stages: list[Stage], interval_s: int) -> dg.SensorDefinition:
-    """Polls dvc.lock; what changed there since the last recording becomes materializations."""
+def dvc_lock_sensor(root: Path, interval_s: int) -> dg.SensorDefinition:
+    """Polls dvc.lock; what changed there since the last recording becomes materializations
+    (the stages read anew each tick: their code versions are those of what DVC ran)."""
 
     @dg.sensor(
         name="dvc_lock_sensor",
@@ -97,11 +126,11 @@ def dvc_lock_sensor(root: Path, stages: list[Stage], interval_s: int) -> dg.Sens
         "materializations (metadata read from the outputs; nothing recomputed).",
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        events = pending(root, stages, context.instance)
-        if not events:
-            return dg.SkipReason("dvc.lock: every stage's outputs already recorded")
-        return dg.SensorResult(asset_events=events)
+    def watch(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        recorded = record(root, context.instance)
+        return dg.SkipReason(
+            f"recorded {', '.join(recorded)} from dvc.lock" if recorded else "nothing new"
+        )
 
     return watch
 

@@ -29,14 +29,20 @@ def test_dvc_outputs_are_recorded_once_with_metadata_and_data_versions(trained_r
         assert report.metadata["report"].value.endswith("reports/eval/report.html")
         assert record(repo, instance) == []  # recorded already: nothing new, nothing rerun
 
+        # the upstream data versions and events it was made from, as Dagster's own events
+        # carry them: it stays fresh until one of them changes
+        (latents,) = instance.fetch_materializations(dg.AssetKey("latent_tokens"), 1).records
+        assert world.tags["dagster/input_data_version/latent_tokens"] == hashes["encode"]
+        assert world.tags["dagster/input_event_pointer/latent_tokens"] == str(latents.storage_id)
+        assert isinstance(report.metadata["score_%/Dreamer 4"].value, float)
+
         # a stage DVC reran since (its lock hash is not the last one recorded): the sensor
         # records that asset alone
         instance.report_runless_asset_event(
             dg.AssetMaterialization("imagination_dataset", tags={DATA_VERSION_TAG: "older"})
         )
-        sensor = dvc_lock_sensor(repo, stages, 30)
+        sensor = dvc_lock_sensor(repo, 30)
         result = sensor(dg.build_sensor_context(instance=instance))
-        assert [e.asset_key.to_user_string() for e in result.asset_events] == [
-            "imagination_dataset"
-        ]
-        assert result.asset_events[0].tags[DATA_VERSION_TAG] == hashes["imagine"]
+        assert "recorded imagination_dataset from dvc.lock" in result.skip_message
+        event = latest(instance, "imagination_dataset")
+        assert event.tags[DATA_VERSION_TAG] == hashes["imagine"]

@@ -97,3 +97,21 @@ def test_across_nodes_the_rendezvous_is_required(tmp_path: Path, episode_dataset
     )  # fmt: skip
     assert done.returncode == 2
     assert "rdzv_endpoint = ''" in done.stderr and "host:port across nodes" in done.stderr
+
+
+def test_the_launch_across_nodes_names_the_stage_and_passes_every_option_on():
+    from dreamer4.train.config import TrainConfig
+    from dreamer4.train.engine import relaunch_argv
+    from dreamer4.train.launch import launcher_command
+
+    cfg = TrainConfig(nnodes=2, nproc=4, rdzv_endpoint="10.0.0.1:29400")
+    cmd = launcher_command(cfg, ["train_tokenizer", "--nproc-per-node", "4"], "train_tokenizer")
+    flags = cmd[cmd.index("torch.distributed.run") + 1 : cmd.index("-m", 3)]
+    assert flags == [
+        "--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "10.0.0.1:29400",
+        "--rdzv_id", "dreamer4-train_tokenizer", "--nproc_per_node", "4",
+    ]  # fmt: skip
+    # the stage's own options reach the ranks in a form torchrun does not take for its own
+    assert relaunch_argv(["train-tokenizer", "--nproc", "2", "--fresh", "--nproc=3"]) == [
+        "train-tokenizer", "--nproc-per-node", "2", "--nproc-per-node=3",
+    ]  # fmt: skip

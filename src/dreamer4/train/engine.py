@@ -222,8 +222,8 @@ def train_stage(args: argparse.Namespace, job: Job, cfg: TrainConfig, paths: Pat
     if in_worker():
         die_with_parent()
         return fit(job, cfg, paths, announce=os.environ.get("DREAMER4_RESUME_ANNOUNCED") != "1")
-    if args.fresh and folder.exists():
-        shutil.rmtree(folder)
+    if args.fresh and folder.exists():  # every node of a run across nodes does this
+        shutil.rmtree(folder, ignore_errors=True)
     step = ckpt.latest_step(folder)
     if step is not None:
         print(f"resumed from step {step}", flush=True)
@@ -232,7 +232,7 @@ def train_stage(args: argparse.Namespace, job: Job, cfg: TrainConfig, paths: Pat
             raise StageError(f"launcher none runs one process, but nproc is {cfg.nproc}")
         single_process_env()
         return fit(job, cfg, paths, announce=False)
-    return relaunch(cfg, relaunch_argv(args._argv), announced=step is not None)
+    return relaunch(cfg, relaunch_argv(args._argv), step is not None, job.stage)
 
 
 def relaunch_argv(argv: list[str]) -> list[str]:

@@ -64,13 +64,14 @@ def single_process_env() -> None:
     )
 
 
-def launcher_command(cfg: TrainConfig, argv: list[str]) -> list[str]:
-    """The command that runs `dreamer4 <argv>` on every rank."""
+def launcher_command(cfg: TrainConfig, argv: list[str], job: str = "job") -> list[str]:
+    """The command that runs `dreamer4 <argv>` on every rank; `job` names the rendezvous of
+    a run across nodes (the stage, whatever alias of its command each host typed)."""
     target = ["-m", "dreamer4.cli", *argv]
     if cfg.launcher == "torchrun":
         if cfg.nnodes > 1:  # every node runs this; they meet at the rendezvous, ranks assigned
             where = ["--nnodes", str(cfg.nnodes), "--rdzv_backend", "c10d"]
-            where += ["--rdzv_endpoint", cfg.rdzv_endpoint, "--rdzv_id", f"dreamer4-{argv[0]}"]
+            where += ["--rdzv_endpoint", cfg.rdzv_endpoint, "--rdzv_id", f"dreamer4-{job}"]
         else:
             where = ["--nnodes", "1", "--master_addr", "127.0.0.1"]
             where += ["--master_port", str(free_port())]
@@ -118,7 +119,7 @@ def worker_env(cfg: TrainConfig) -> dict[str, str]:
     return env
 
 
-def relaunch(cfg: TrainConfig, argv: list[str], announced: bool) -> int:
+def relaunch(cfg: TrainConfig, argv: list[str], announced: bool, job: str = "job") -> int:
     """Run `argv` under the configured launcher and return its exit status.
 
     The launcher runs in a session of its own, so a terminal's Ctrl-C or a SIGTERM reaches it
@@ -129,7 +130,10 @@ def relaunch(cfg: TrainConfig, argv: list[str], announced: bool) -> int:
     if announced:
         env["DREAMER4_RESUME_ANNOUNCED"] = "1"
     proc = subprocess.Popen(
-        launcher_command(cfg, argv), env=env, start_new_session=True, preexec_fn=die_with_parent
+        launcher_command(cfg, argv, job),
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     received: list[int] = []
 
