@@ -43,10 +43,11 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dreamer4.errors import StageError
 from dreamer4.eval.tile_accuracy import classifier
+from dreamer4.files import read_config
 from dreamer4.params import Settings
 from dreamer4.play.session import KEYMAP, MODES, PlayError, PlayModels, PlaySession, load_models
+from dreamer4.train.checkpoint import CONFIG
 
 PAGE = Path(__file__).with_name("page.html")
 SEND_BUFFER = 32 * 1024  # bytes of kernel send buffer per socket: a few frames (enough for
@@ -277,12 +278,9 @@ def run(args: argparse.Namespace) -> int:
         "world_model": settings.path("world_model", args.world_model),
         "policy": settings.path("policy", args.policy),
     }
-    for name, folder in paths.items():
-        if not (folder / "config.json").is_file():
-            raise StageError(
-                f"{folder}/config.json: missing: play needs the trained {name} "
-                f"(`dvc repro {_STAGE[name]}`, or --{name.replace('_', '-')} DIR)"
-            )
+    for name, folder in paths.items():  # before loading anything: name every missing one
+        flag = name.replace("_", "-")
+        read_config(folder, CONFIG, f"`dvc repro {_STAGE[name]}` or pass --{flag} DIR")
     models = load_models(
         paths["tokenizer"], paths["world_model"], paths["policy"], own.count("steps", args.steps, 0)
     )

@@ -376,8 +376,9 @@ class PlaySession:
 
     def _encode_real(self, action_in: int) -> None:
         """The latents of the real frame just shown, and the history the dream starts from."""
-        seen = torch.from_numpy(resize_frame(self.obs, self.models.resolution).copy())
-        self.z_real = self.player.encode(seen[None])
+        # the frame as the agent sees it (and side by side shows it), resized once
+        self.seen = np.ascontiguousarray(resize_frame(self.obs, self.models.resolution))
+        self.z_real = self.player.encode(torch.from_numpy(self.seen)[None])
         self.history.append((self.z_real, action_in))
 
     @torch.no_grad()
@@ -411,9 +412,8 @@ class PlaySession:
             return self.obs
         if self.mode == "dream":
             return self.dream_view
-        real = resize_frame(self.obs, self.models.resolution)
-        gap = np.full((real.shape[0], 1, 3), 255, np.uint8)
-        return np.concatenate([real, gap, self.dream_view], 1)
+        gap = np.full((self.seen.shape[0], 1, 3), 255, np.uint8)
+        return np.concatenate([self.seen, gap, self.dream_view], 1)
 
     def _info(self, action: int) -> dict[str, Any]:
         heads = self.heads
@@ -435,9 +435,8 @@ class PlaySession:
             "errors": list(self.errors),
         }
         if self.mode == "side":
-            real = resize_frame(self.obs, self.models.resolution)
             dream = torch.from_numpy(self.dream_view).float() / 127.5 - 1
-            truth = torch.from_numpy(real.copy()).float() / 127.5 - 1
+            truth = torch.from_numpy(self.seen).float() / 127.5 - 1
             info["psnr"] = round(float(psnr(dream, truth)), 2)
             shown = torch.from_numpy(self.obs.copy())[None]
             info["tile_accuracy"] = round(float(tile_accuracy(dream[None], shown, self.size)), 3)
