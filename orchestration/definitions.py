@@ -10,14 +10,19 @@ Kubernetes. The repository root is `$DREAMER4_REPO`, else the checkout this file
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import dagster as dg
 import yaml
-from dvc.repo import Repo
 
-from orchestration.automation import RETRAIN_JOB, inbox_sensor, retrain_schedule, settings
+from orchestration import dvc_cli
+from orchestration.automation import (
+    RETRAIN_JOB,
+    inbox_sensor,
+    retrain_assets,
+    retrain_schedule,
+    settings,
+)
 from orchestration.checks import CHECKS
 from orchestration.dvc_graph import Stage, read_stages
 from orchestration.metadata import stage_metadata
@@ -34,26 +39,19 @@ class DvcRepo(dg.ConfigurableResource):
     def repro(self, stage: str, log: dg.DagsterLogManager) -> str:
         """Bring the stage up to date; "up to date, skipped" or "ran". Raises on failure.
 
-        DVC's own status decides (its Python API, not its printed output): a stage whose
+        DVC's own status decides (`dvc status --json`, not its printed output): a stage whose
         command, code, params and deps match dvc.lock and whose outputs are intact is skipped
         without starting DVC's reproduction at all. Otherwise `dvc repro --single-item` runs it
-        (or restores it from DVC's run cache); its output goes to the step's log.
+        (or restores it from DVC's run cache); its output goes to the step's log. Steps of one
+        run may execute at once (multiprocess executor): each waits for DVC's repository lock
+        rather than failing.
         """
 
-        # the target names its dvc.yaml: a bare stage name resolves against the working dir
-        target = f"{Path(self.root) / 'dvc.yaml'}:{stage}"
-        with Repo(self.root) as repo:
-            if not repo.status(targets=[target]):
-                return "up to date, skipped"
-        # steps of one run may execute at once (multiprocess executor): each waits for DVC's
-        # repository lock rather than failing
-        proc = subprocess.run(
-            ["dvc", "--wait-for-lock", "repro", "--single-item", stage],
-            cwd=self.root,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            check=False,
+        root = Path(self.root)
+        if not dvc_cli.status(root, (stage,), wait=True):
+            return "up to date, skipped"
+        proc = dvc_cli.run(
+            root, "repro", "--single-item", stage, wait=True, check=False, merged=True
         )
         for line in proc.stdout.splitlines():
             log.info(line)
@@ -139,25 +137,28 @@ def build_definitions(root: Path = DEFAULT_ROOT) -> dg.Definitions:
     """Assets and checks for every stage of `root/dvc.yaml`, the retraining job, its weekly
     schedule, the inbox sensor and the sensor recording `dvc repro` runs made outside Dagster."""
     stages = read_stages(root)
-    owners = list(settings(root)["owners"])
+    own = settings(root)
+    owners = list(own["owners"])
     tags = k8s_tags(root, [s.name for s in stages])
     gpu = {
         s.asset for s in stages if "nvidia.com/gpu" in tags[s.name].get("dagster-k8s/config", "")
     }
+    assets = [_asset(s, owners, tags[s.name]) for s in stages]
+    allowed = retrain_assets(own["retrain_selection"], assets)
     job = dg.define_asset_job(
         RETRAIN_JOB,
-        selection=dg.AssetSelection.all(),
+        selection=own["retrain_selection"],
         description="Materialize assets through DVC (stale ones only, when the schedule or the "
-        "inbox sensor asks)",
+        "inbox sensor asks); its assets are orchestration.retrain_selection of params.yaml",
     )
     return dg.Definitions(
-        assets=[_asset(s, owners, tags[s.name]) for s in stages],
+        assets=assets,
         asset_checks=[_check(s) for s in stages if s.asset in CHECKS],
         jobs=[job],
-        schedules=[retrain_schedule(root, stages, job, gpu)],
+        schedules=[retrain_schedule(root, stages, job, allowed, gpu)],
         sensors=[
-            inbox_sensor(root, stages, job, gpu),
-            dvc_lock_sensor(root, int(settings(root)["record_interval_s"])),
+            inbox_sensor(root, stages, job, allowed, gpu),
+            dvc_lock_sensor(root, int(own["record_interval_s"])),
         ],
         resources={"dvc": DvcRepo(root=str(root))},
         executor=executor(),

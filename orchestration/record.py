@@ -34,6 +34,7 @@ from dagster._core.definitions.data_version import (
     get_input_event_pointer_tag,
 )
 
+from orchestration import dvc_cli
 from orchestration.automation import stale_assets
 from orchestration.dvc_graph import read_stages
 from orchestration.metadata import stage_metadata
@@ -127,7 +128,10 @@ def dvc_lock_sensor(root: Path, interval_s: int) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def watch(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        recorded = record(root, context.instance)
+        try:
+            recorded = record(root, context.instance)
+        except dvc_cli.DvcBusy as busy:  # a `dvc repro` is running: recorded when it is done
+            return dg.SkipReason(f"DVC is busy: {busy}")
         return dg.SkipReason(
             f"recorded {', '.join(recorded)} from dvc.lock" if recorded else "nothing new"
         )

@@ -202,7 +202,8 @@ def make_dvc_repo(root: Path, episodes: int = 3, max_steps: int = 60) -> Path:
 
 # What a trained repository is made from: a change to any of these trains a new one.
 TRAINED_FROM = ("src", "infra", "inbox", "dvc.yaml", ".dvcignore", "params.yaml", "pyproject.toml",
-                "constraints.txt", "Makefile", "tests/conftest.py")  # fmt: skip
+                "constraints.txt", "constraints-dvc.txt", "Makefile",
+                "tests/conftest.py")  # fmt: skip
 
 
 def trained_inputs_digest() -> str:

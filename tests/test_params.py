@@ -15,6 +15,7 @@ import yaml
 
 from dreamer4.params import ParamsError, Section, load_profile, merge
 from dreamer4.train.config import TrainConfig
+from orchestration import dvc_cli
 from tests.conftest import REPO, full_profile
 
 
@@ -127,16 +128,9 @@ def params_repo(tmp_path: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     assert _dvc(root, "init", "--no-scm", "-q").returncode == 0
-    from dvc.repo import Repo
-
     stages = {}
-    with Repo(str(root)) as repo:
-        for stage in repo.index.stages:
-            params = {}
-            for dep in stage.deps:
-                if hasattr(dep, "read_params"):
-                    params[dep.def_path] = dep.read_params()
-            stages[stage.name] = {"cmd": stage.cmd, "params": params}
+    for stage in dvc_cli.stages(root):  # as DVC resolves them, with their params' values
+        stages[stage["name"]] = {"cmd": stage["cmd"], "params": stage["param_values"]}
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
     assert _changed_params(root) == set()
     return root

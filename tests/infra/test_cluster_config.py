@@ -8,16 +8,18 @@ end of docs/cluster.md.
 from __future__ import annotations
 
 import ast
-import copy
 import importlib.util
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import yaml
+
+from orchestration import dvc_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -491,31 +493,35 @@ def test_deepspeed_env_example_installs_into_lines_deepspeeds_launcher_reads() -
     assert "`~/.deepspeed_env` and then `./.deepspeed_env`" in doc and "`DS_ENV_FILE`" in doc
 
 
-def test_dvc_remote_example_passes_dvcs_config_schema() -> None:
-    from dvc.config import Config, ConfigError
-
-    example = Config.load_file(str(DVC_EXAMPLE))
-    validated = Config.validate(copy.deepcopy(example))
-    remote_name = validated["core"]["remote"]
-    remote = validated["remote"][remote_name]
-    assert urlparse(remote["url"]).scheme == "s3" and urlparse(remote["url"]).netloc
-    assert urlparse(remote["endpointurl"]).scheme in {"http", "https"}
-    assert not {"access_key_id", "secret_access_key", "session_token"} & set(
-        example["remote"][remote_name]
-    )
-
-    # merged into the project's .dvc/config it is still a valid config
-    project = Config.load_file(str(ROOT / ".dvc" / "config"))
-    assert not set(project["core"]) & set(example["core"])  # nothing of the project overridden
-    merged = copy.deepcopy(project)
-    merged["core"].update(example["core"])
-    merged["remote"].update(example["remote"])
-    Config.validate(merged)
+def test_dvc_remote_example_passes_dvcs_config_schema(tmp_path: Path) -> None:
+    """The example, beside the project's .dvc/config (as `.dvc/config.local`, which DVC merges
+    over it), loads under DVC's own schema, which its commands check on every start."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc_cli.run(repo, "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(DVC_EXAMPLE, repo / ".dvc" / "config.local")
+    dvc_cli.run(repo, "status")  # raises on a configuration error
+    listed = dvc_cli.run(repo, "config", "--list", "--show-origin").stdout.splitlines()
+    rows = [(where, *rest.split("=", 1)) for where, rest in (x.split("\t", 1) for x in listed)]
+    origin = {key: where for where, key, _ in rows}
+    values = {key: value for _, key, value in rows}
+    remote = values["core.remote"]
+    assert urlparse(values[f"remote.{remote}.url"]).scheme == "s3"
+    assert urlparse(values[f"remote.{remote}.url"]).netloc
+    assert urlparse(values[f"remote.{remote}.endpointurl"]).scheme in {"http", "https"}
+    secrets = {"access_key_id", "secret_access_key", "session_token"}
+    assert not {key.rsplit(".", 1)[-1] for key in values if key.startswith("remote.")} & secrets
+    # nothing of the project's own settings overridden: each key comes from one file
+    project = {key for key, where in origin.items() if where == ".dvc/config"}
+    assert project and not project & {k for k, w in origin.items() if w == ".dvc/config.local"}
 
     # DVC's schema is strict: a misspelt option is rejected
-    example["remote"][remote_name]["endpoint_url"] = remote["endpointurl"]
-    with pytest.raises(ConfigError, match="endpoint_url"):
-        Config.validate(example)
+    text = DVC_EXAMPLE.read_text().replace("endpointurl =", "endpoint_url =")
+    (repo / ".dvc" / "config.local").write_text(text)
+    with pytest.raises(dvc_cli.DvcError, match="extra keys not allowed.*endpoint_url"):
+        dvc_cli.run(repo, "status")
 
 
 def test_training_pods_carry_the_annotations_prometheus_keeps(gpu_tags: dict) -> None:

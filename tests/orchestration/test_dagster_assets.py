@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dreamer4.episodes.vpt import vpt_line, write_vpt_episode
+from orchestration import dvc_cli
 from orchestration.definitions import build_definitions
 from orchestration.dvc_graph import read_stages
 from tests.conftest import REPO, make_dvc_repo, vpt_frames
@@ -45,10 +46,7 @@ def stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list[
 
 
 def dvc_status(repo: Path) -> set[str]:
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as r:
-        return {key.rsplit(":", 1)[-1] for key in r.status()}
+    return dvc_cli.changed_stages(repo)
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:

@@ -18,9 +18,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
+import yaml
 
+from orchestration import dvc_cli
 from orchestration.dvc_graph import read_stages
+from orchestration.record import lock_hashes
 from tests.conftest import REPO
 
 INSTANCE = """telemetry:
@@ -185,3 +189,78 @@ def test_asset_pages_show_what_dvc_produced(webserver, chromium, tmp_path: Path)
         expect(tab.get_by_text(shown).first).to_be_visible(timeout=60_000)
         expect(tab.get_by_text("Never materialized")).to_have_count(0)
         tab.screenshot(path=str(tmp_path / f"asset_{asset}.png"))
+
+
+def test_a_dvc_repro_by_hand_reaches_the_asset_page(webserver, chromium, tmp_path: Path):
+    """A `dvc repro` by hand that changes one stage: the daemon (as `make dagster` runs it)
+    ticks the `dvc_lock_sensor`, and the asset page shows the new materialization."""
+    from playwright.sync_api import expect
+
+    repo, port = webserver
+    home = tmp_path / "dagster_home"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DREAMER4_REPO": str(repo)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 (closed below)
+    daemon = None
+    try:
+        recorded = subprocess.run(  # `make run` ends with it: every asset recorded once
+            [sys.executable, "-m", "orchestration.record", str(repo)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        params = yaml.safe_load(original)
+        params["orchestration"]["record_interval_s"] = 5  # the sensor's interval, for the test
+        params["profiles"]["tiny"]["evaluate"]["clip_steps"] -= 2  # evaluate alone reruns
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        before = lock_hashes(repo)
+        proc = subprocess.run(
+            ["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        after = lock_hashes(repo)
+        assert {s for s in after if after[s] != before.get(s)} == {"evaluate"}
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run",
+             "-m", "orchestration.definitions"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        query = (
+            '{ assetNodeOrError(assetKey: {path: ["eval_report"]}) { ... on AssetNode {'
+            " assetMaterializations(limit: 1) { tags { key value } } } } }"
+        )
+        deadline, version = time.monotonic() + 300, None
+        while version != after["evaluate"]:
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"not recorded: {(tmp_path / 'daemon.log').read_text()[-3000:]}")
+            time.sleep(2)
+            found = graphql(port, query)["assetNodeOrError"]["assetMaterializations"]
+            tags = {t["key"]: t["value"] for t in found[0]["tags"]} if found else {}
+            version = tags.get("dagster/data_version")
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            counts = {
+                s.asset: len(instance.fetch_materializations(dg.AssetKey(s.asset), 5).records)
+                for s in read_stages(repo)
+            }
+        assert {a for a, n in counts.items() if n != 1} == {"eval_report"}  # the one it changed
+        assert counts["eval_report"] == 2
+        tab = chromium.new_page(viewport={"width": 1600, "height": 1000})
+        tab.goto(f"http://127.0.0.1:{port}/assets/eval_report", timeout=60_000)
+        expect(tab.get_by_text("report.html").first).to_be_visible(timeout=60_000)
+        expect(tab.get_by_text(after["evaluate"][:8]).first).to_be_visible(timeout=60_000)
+        tab.screenshot(path=str(tmp_path / "asset_eval_report_after_repro.png"))
+    finally:
+        if daemon is not None:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait(timeout=30)
+        log.close()
+        params_file.write_text(original)
+        # back to the session's state (DVC's run cache restores the previous outputs)
+        subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, timeout=600)
+    assert dvc_cli.changed_stages(repo) == set()
