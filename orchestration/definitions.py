@@ -3,9 +3,10 @@
 `dvc repro --single-item <stage>` reruns the stage only when its deps, params or command
 changed, so an up-to-date asset is skipped (the materialization says so) and dvc.lock stays the
 record. Each asset's code version is its stage's command, code and params (`dvc_graph`), its
-data version the md5 DVC records for its output, so Dagster's stale markers follow DVC. The
-GPU stages carry the `dagster-k8s/config` tags of `infra/dagster/gpu_tags.yaml` for runs on
-Kubernetes. The repository root is `$DREAMER4_REPO`, else the checkout this file lives in.
+data version the md5 DVC records for its outputs (`record.data_version`), so Dagster's stale
+markers follow DVC. The GPU stages carry the `dagster-k8s/config` tags of
+`infra/dagster/gpu_tags.yaml` for runs on Kubernetes. The repository root is `$DREAMER4_REPO`,
+else the checkout this file lives in.
 """
 
 import json
@@ -63,7 +64,7 @@ class DvcRepo(dg.ConfigurableResource):
         return "ran"
 
     def lock_hash(self, stage: str) -> str | None:
-        """The md5 DVC recorded for the stage's first out (the asset's data version)."""
+        """The asset's data version: the md5 DVC recorded for the stage's outs (record.py)."""
         return lock_hashes(Path(self.root)).get(stage)
 
 

@@ -1,18 +1,18 @@
 """What DVC produced, recorded in Dagster: the UI after `make run` or a `dvc repro` by hand.
 
-A stage run by `dvc repro` never passes through Dagster, so without this its UI would say
-"Never materialized" beside a full dvc.lock. Each stage whose outputs DVC recorded gets a
-*runless materialization* (`DagsterInstance.report_runless_asset_event`, Dagster's way to record
-an asset materialized outside it) with the metadata, data version (the md5 in dvc.lock) and code
-version a materialization through Dagster carries, so numbers plot across runs and Dagster's
-stale markers follow DVC. Materializations, not observations: DVC did materialize the data, and
-an observation would leave the asset "Never materialized". Nothing is recomputed: the metadata
-is read from the stage's outputs. Each event also names the data versions and events of the
-asset's upstream assets, as Dagster's own do, so Dagster calls it fresh until an upstream one
-changes. Recorded: only stages `dvc status` calls up to date (not one DVC is running or would
-rerun), upstream first, none while a Dagster run is under way (it records its own); a stage
-whose dvc.lock hash is the one last recorded is skipped, so recording twice records nothing
-new.
+A stage run by `dvc repro` never passes through Dagster, so without this its UI would say "Never
+materialized" beside a full dvc.lock. Each stage whose outputs DVC recorded gets a *runless
+materialization* (`DagsterInstance.report_runless_asset_event`, Dagster's way to record an asset
+materialized outside it) with the metadata, data version (the md5 in dvc.lock, or one over the
+stage's several outputs) and code version a materialization through Dagster carries, so numbers
+plot across runs and Dagster's stale markers follow DVC. Materializations, not observations: DVC
+did materialize the data, and an observation would leave the asset "Never materialized". Nothing
+is recomputed: the metadata is read from the stage's outputs. Each event also names the data
+versions and events of the asset's upstream assets, as Dagster's own do, so Dagster calls it
+fresh until an upstream one changes. Recorded: only stages `dvc status` calls up to date (not
+one DVC is running or would rerun), upstream first, none while a Dagster run is under way (it
+records its own); a stage whose dvc.lock hash is the one last recorded is skipped, so recording
+twice records nothing new.
 
 Two ways in: `python -m orchestration.record` (`make run` calls it after `dvc repro`), and the
 `dvc_lock_sensor` (`make dagster`'s daemon: a `dvc repro` by hand appears within its interval).
@@ -20,6 +20,7 @@ Two ways in: `python -m orchestration.record` (`make run` calls it after `dvc re
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -40,19 +41,31 @@ from orchestration.dvc_graph import read_stages
 from orchestration.metadata import stage_metadata
 
 
+def data_version(outs: list[dict]) -> str | None:
+    """The md5 DVC recorded for a stage's one out; for several, an md5 over every out's path
+    and md5 (a change to any of them is a new version); None while one has no md5 yet."""
+    if not outs or not all(isinstance(o, dict) and o.get("md5") for o in outs):
+        return None
+    if len(outs) == 1:
+        return outs[0]["md5"]
+    lines = sorted(f"{o['path']} {o['md5']}" for o in outs)
+    return hashlib.md5("\n".join(lines).encode()).hexdigest()
+
+
 def lock_hashes(root: Path) -> dict[str, str]:
-    """Stage → the md5 DVC recorded for its first out (the asset's data version); empty while
-    dvc.lock is missing or being rewritten (DVC writes it in place)."""
+    """Stage → its outputs' data version in dvc.lock (`data_version`); empty while dvc.lock is
+    missing or being rewritten (DVC writes it in place)."""
     lock = root / "dvc.lock"
     try:
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     except (OSError, yaml.YAMLError):
         return {}
-    return {
-        name: entry["outs"][0]["md5"]
+    found = {
+        name: data_version(entry.get("outs") or [])
         for name, entry in stages.items()
-        if isinstance(entry, dict) and entry.get("outs") and entry["outs"][0].get("md5")
+        if isinstance(entry, dict)
     }
+    return {name: version for name, version in found.items() if version}
 
 
 def latest(instance: dg.DagsterInstance, asset: str) -> tuple[str | None, int | None]:
