@@ -44,7 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "evaluate": (
         "dreamer4.stages.evaluate",
-        "stage evaluate → eval_report: every agent in real Crafter on held-out worlds, the report",
+        "stage evaluate → eval_report: every agent in the real game on held-out worlds (Crafter, "
+        "or Minecraft through MineRL), the report",
     ),
     "train-reference": (
         "dreamer4.train.reference",
@@ -61,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "player-report": (
         "dreamer4.envs.player_report",
         "success rate per Crafter achievement of the scripted player at full skill",
+    ),
+    "vpt-download": (
+        "dreamer4.episodes.vpt_download",
+        "download OpenAI's VPT Minecraft contractor recordings from an index file (resumable)",
     ),
 }
 

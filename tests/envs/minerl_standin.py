@@ -27,15 +27,19 @@ POV_SHAPE = (360, 640, 3)
 
 
 class StandInMineRL:
-    def __init__(self, length: int = 100, stats: bool = False, seed: int = 0) -> None:
-        self.length, self.with_stats, self.seed = length, stats, seed
+    def __init__(self, length: int = 100, stats: bool = False) -> None:
+        self.length, self.with_stats, self.world = length, stats, 0
         self.actions: list[dict[str, Any]] = []
+
+    def seed(self, seed: int) -> None:
+        """gym 0.23's way to choose the world of the next `reset`."""
+        self.world = int(seed)
 
     def _obs(self) -> dict[str, Any]:
         pov = np.zeros(POV_SHAPE, np.uint8)
         pov[..., 0] = int(self.pitch + 90) % 256
         pov[..., 1] = int(self.yaw + 180) % 256
-        pov[:180, :320, 2] = (self.t * 7 + self.seed) % 256
+        pov[:180, :320, 2] = (self.t * 7 + self.world) % 256
         obs: dict[str, Any] = {"pov": pov, "inventory": dict(self.inventory)}
         if self.with_stats:
             obs["stats"] = dict(self.stats)

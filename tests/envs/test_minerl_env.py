@@ -172,3 +172,12 @@ def test_stats_when_the_env_has_them_count_every_task_as_ingest_does():
 def test_without_minerl_the_error_says_what_to_install():
     with pytest.raises(StageError, match="MineRL 1.0.*docs/minecraft.md"):
         make_minerl_env()
+
+
+def test_evaluate_help_documents_the_minecraft_form():
+    from dreamer4.cli import build_parser
+
+    parser = build_parser("evaluate")
+    text = parser._subparsers._group_actions[0].choices["evaluate"].format_help()
+    assert "evaluate.env minerl" in text and "docs/minecraft.md" in text
+    assert "MineRL's" in text  # --seeds

@@ -29,6 +29,10 @@ per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` read
 (`eval/<agent>/score`, `…/return`, `…/length`, `…/<milestone>` success in %) and plot
 `metrics/evaluate/milestones.tsv`.
 
+With `env: minerl` (the `minecraft` profile) every agent plays Minecraft instead, through MineRL
+1.0 and the adapter `envs/minerl_env.py` (`evaluate_minecraft`, `eval/minecraft_play.py`): the
+report is then the success per task of the 20 offline-diamond tasks (docs/minecraft.md).
+
 `dreamer4 evaluate` also runs alone: `--agents dreamer4 --policy PATH --tokenizer PATH
 --seeds 5000:5100 --out DIR` evaluates any policy (or phase-2 agent) folder on any seed range.
 `--show` prints the headline table of an existing report.
@@ -38,8 +42,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +55,12 @@ import torch
 
 from dreamer4.agent import ActionSpace
 from dreamer4.envs.crafter_env import make_env, reseed
-from dreamer4.episodes.actions import CRAFTER_ACTIONS
+from dreamer4.episodes.actions import CRAFTER_ACTIONS, VPT_SPACE
 from dreamer4.episodes.crafter_format import read_jsonl
 from dreamer4.episodes.dataset import write_json
 from dreamer4.episodes.episode import EpisodeError
 from dreamer4.errors import StageError
+from dreamer4.eval import minecraft_play as minecraft
 from dreamer4.eval.agent_player import RandomPlayer, model_player
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
 from dreamer4.eval.report import Report
@@ -74,6 +81,14 @@ _WORKER: dict[str, Any] = {}  # per worker process: loaded players and the env
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "Minecraft: with evaluate.env minerl (the minecraft profile: `dreamer4 evaluate "
+        "--profile minecraft`) every agent plays MineRL 1.0 through envs/minerl_env.py, one env "
+        "at a time, made by evaluate.minerl_env (module:function, default MineRL's "
+        "HumanSurvival); --seeds are then MineRL world seeds, --workers and --batch do not "
+        "apply, and the report is the success per task of the 20 offline-diamond tasks "
+        "(report.md). MineRL must be installed first: docs/minecraft.md."
+    )
     p.add_argument("--agents", help=f"comma-separated subset of {','.join(AGENTS)}")
     p.add_argument("--tokenizer", help="tokenizer folder (train_tokenizer output)")
     p.add_argument("--agent", help="WM+BC: a finetune_agent output folder")
@@ -81,7 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="Dreamer 4: a train_policy output (or any agent folder)")
     p.add_argument("--raw", help="raw episodes (behaviour row; held-out seed check)")
     p.add_argument("--imagination", help="imagination dataset (its preview clip)")
-    p.add_argument("--seeds", help="world seeds START:STOP (default: first_seed, episodes)")
+    p.add_argument(
+        "--seeds",
+        help="world seeds START:STOP, Crafter's or MineRL's (default: first_seed, episodes)",
+    )
     p.add_argument("--max-steps", type=int, help="episode length cap")
     p.add_argument("--workers", type=int, help="evaluation processes")
     p.add_argument("--batch", type=int, help="environments per worker, played in lockstep")
@@ -296,6 +314,56 @@ def evaluate(
     return headline
 
 
+def env_factory(spec: str, where: str) -> Callable[[], Any]:
+    """`module:function` → the function that makes one env (MineRL's, or a stand-in)."""
+    module, _, name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise StageError(
+            f"{where} = {spec!r}: not an importable `module:function` ({err})"
+        ) from err
+    if not callable(factory):
+        raise StageError(f"{where} = {spec!r}: not callable")
+    return factory
+
+
+def evaluate_minecraft(
+    agents: list[str],
+    folders: dict[str, Path | None],
+    seeds: list[int],
+    settings: dict[str, Any],
+    out: Path,
+    metrics: Path | None,
+    make_env: Callable[[], Any],
+) -> pd.DataFrame:
+    """Every agent in Minecraft (`eval/minecraft_play.py`), one env at a time in this process
+    (a MineRL env is a Minecraft process of its own): the report and the DVC metrics."""
+    _check_inputs([a for a in agents if a != "behaviour"], folders, [])
+    stats: dict[str, list[dict[str, Any]]] = {}
+    if "behaviour" in agents:
+        raw = folders.get("raw")
+        stats["behaviour"] = minecraft.behaviour_stats(Path(str(raw))) if raw else []
+        if not stats["behaviour"]:
+            raise StageError(f"{raw}: no VPT recordings (.mp4 + .jsonl) for the behaviour row")
+    players = {}
+    for name in (a for a in AGENTS if a in agents and a != "behaviour"):
+        if name == "random":
+            space = ActionSpace(tuple((c.name, c.kind, c.n) for c in VPT_SPACE))
+            players[name] = (RandomPlayer(space), (), int(settings["size"]))
+        else:
+            players[name] = _player(name, str(folders[name]), str(folders["tokenizer"]))
+    played = minecraft.play_agents(
+        players, make_env, seeds, int(settings["max_steps"]), int(settings["seed"])
+    )
+    stats.update(played)
+    order = {a: stats[a] for a in AGENTS if a in stats}
+    episodes = minecraft.episode_table(order, AGENTS)
+    context = {"seeds": f"{seeds[0]}:{seeds[-1] + 1}", **settings, "agents": list(order)}
+    keys = {label: key for key, label in AGENTS.items()}
+    return minecraft.write_report(out, episodes, metrics, keys, context)
+
+
 def _check_inputs(
     agents: list[str], folders: dict[str, Path | None], seeds: list[int]
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -388,6 +456,8 @@ def show(out: Path) -> str:
         raise StageError(f"{table}: missing (run `dvc repro evaluate` first)")
     headline = pd.read_csv(table, index_col=0)
     text = headline.rename_axis(None).to_string(float_format=lambda v: f"{v:.1f}")
+    if "score" not in headline.columns:  # Minecraft: success per task, a Markdown report
+        return f"{text}\n(task columns: success rate in %)\nreport: {(out / 'report.md').resolve()}"
     return (
         f"{text}\n(score: Crafter score in %; milestone columns: success rate in %)\n"
         f"report: {(out / 'report.html').resolve()}"
@@ -402,11 +472,8 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         print(show(out))
         return 0
-    if own["env"] != "crafter":
-        raise StageError(
-            f"{args.params}: evaluate.env {own['env']!r}: only Crafter can be played here "
-            "(Minecraft evaluation needs MineRL, the optional `minerl` extra)"
-        )
+    if own["env"] not in ("crafter", "minerl"):
+        raise StageError(f"{args.params}: evaluate.env {own['env']!r}: 'crafter' or 'minerl'")
     agents = args.agents.split(",") if args.agents else list(own["agents"])
     if args.seeds:
         seeds = parse_seeds(args.seeds)
@@ -434,6 +501,10 @@ def run(args: argparse.Namespace) -> int:
     # repository's training curves and world-model numbers are not about it, so they stay out.
     pipeline = args.metrics is not None or args.out is None
     metrics = Path(args.metrics or "metrics/evaluate") if pipeline else None
-    evaluate(agents, folders, seeds, play, out, metrics, Path("metrics") if pipeline else None)
+    if own["env"] == "minerl":
+        factory = env_factory(str(own["minerl_env"]), f"{args.params}: evaluate.minerl_env")
+        evaluate_minecraft(agents, folders, seeds, play, out, metrics, factory)
+    else:
+        evaluate(agents, folders, seeds, play, out, metrics, Path("metrics") if pipeline else None)
     print(show(out))
     return 0
