@@ -92,3 +92,10 @@ def test_minecraft_profile_runs_every_stage_through_the_minerl_adapter(tmp_path:
     assert {f"eval/dreamer4/{t}" for t in ("mine_log", "craft_planks")} <= metrics.keys()
     assert set(DIAMOND_TREE) >= {k.split("/")[-1] for k in metrics if "length" not in k}
     assert "Evaluation in Minecraft" in (report / "report.md").read_text()
+    # what `make run PROFILE=minecraft` prints last
+    shown = subprocess.run(
+        ["dreamer4", "evaluate", "--show", "--profile", "minecraft"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "task columns: success rate in %" in shown.stdout and "Dreamer 4" in shown.stdout

@@ -58,28 +58,24 @@ MINERL_KEYS: tuple[str, ...] = (
     "swapHands",
     "use",
 )
-# task → (the inventory change that marks it, item patterns); the rest of VPT_TASKS has none
+# What mining leaves in the inventory: the block's drop (stone → cobblestone, coal ore → coal)
+MINED_DROPS: dict[str, tuple[str, ...]] = {
+    "mine_log": ("*_log",),
+    "mine_cobblestone": ("cobblestone",),
+    "mine_iron_ore": ("iron_ore", "deepslate_iron_ore"),
+    "mine_coal": ("coal",),
+    "mine_diamond": ("diamond",),
+}
+# task → (the inventory change that marks it, item patterns): a crafted item is gained, a placed
+# block is lost; the rest of VPT_TASKS (opening a GUI, using a pickaxe) leaves no mark
 INVENTORY_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mine_log": ("gain", ("*_log",)),
-    "mine_cobblestone": ("gain", ("cobblestone",)),
-    "mine_iron_ore": ("gain", ("iron_ore", "deepslate_iron_ore")),
-    "mine_coal": ("gain", ("coal",)),
-    "mine_diamond": ("gain", ("diamond",)),
-    "craft_planks": ("gain", ("*_planks",)),
+    **{task: ("gain", items) for task, items in MINED_DROPS.items()},
+    **{task: ("gain", items) for task, (kind, items) in VPT_TASKS.items() if kind == "craft_item"},
     **{
-        f"craft_{x}": ("gain", (x,))
-        for x in (
-            "stick",
-            "crafting_table",
-            "furnace",
-            "iron_ingot",
-            "wooden_pickaxe",
-            "stone_pickaxe",
-            "iron_pickaxe",
-        )
+        task: ("loss", items)
+        for task, (kind, items) in VPT_TASKS.items()
+        if task.startswith("place_")
     },
-    "place_crafting_table": ("loss", ("crafting_table",)),
-    "place_furnace": ("loss", ("furnace",)),
 }
 assert set(INVENTORY_TASKS) <= set(VPT_TASKS), "an inventory task that is not a VPT task"
 
