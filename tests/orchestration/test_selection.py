@@ -67,7 +67,8 @@ def test_the_schedule_runs_what_the_retrain_selection_string_allows(trained_repo
     try:
         params = yaml.safe_load(original)
         params["orchestration"]["retrain_selection"] = "not group:evaluation"
-        params["profiles"]["tiny"]["train_policy"]["imagination"]["lam"] = 0.9
+        imagination = params["profiles"]["tiny"]["train_policy"]["imagination"]
+        imagination["lam"] = round(imagination["lam"] - 0.05, 4)  # another test may have set it
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         assert dvc_cli.changed_stages(repo) == {"train_policy"}
         defs = build_definitions(repo)
