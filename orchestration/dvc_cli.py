@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,15 +45,19 @@ def executable() -> str:
 
 
 def interpreter() -> str:
-    """The Python DVC is installed in: beside its (resolved) script, else its shebang's."""
+    """The Python DVC is installed in: beside its (resolved) script, else the one its launcher
+    names (the shebang, or pip's `exec '...'` line for paths too long for a shebang)."""
     script = Path(os.path.realpath(executable()))
     beside = script.with_name("python")
     if beside.exists():
         return str(beside)
-    first = script.read_bytes()[:512].split(b"\n", 1)[0].decode(errors="replace")
-    if first.startswith("#!") and Path(first[2:].strip()).exists():
-        return first[2:].strip()
-    raise DvcError(f"{script}: cannot tell which Python runs it (no python beside it, no shebang)")
+    head = script.read_bytes()[:1024].decode(errors="replace").splitlines()
+    named = [head[0][2:].strip()] if head and head[0].startswith("#!") else []
+    named += re.findall(r"exec' \"([^\"]+)\"", "\n".join(head[1:3]))
+    for path in named:
+        if Path(path).name.startswith("python") and Path(path).exists():
+            return path
+    raise DvcError(f"{script}: cannot tell which Python runs it (no python beside it or named)")
 
 
 def _env() -> dict[str, str]:
@@ -87,8 +92,7 @@ def run(
 
 def status(root: Path, targets: tuple[str, ...] = (), wait: bool = False) -> dict[str, Any]:
     """`dvc status --json`: stage → what changed ({} when every target is up to date)."""
-    out = run(root, "status", "--json", *targets, wait=wait).stdout
-    return json.loads(out or "{}")
+    return _json(run(root, "status", "--json", *targets, wait=wait).stdout, "dvc status", root)
 
 
 def changed_stages(root: Path, wait: bool = False) -> set[str]:
@@ -103,4 +107,11 @@ def stages(root: Path) -> list[dict[str, Any]]:
     proc = subprocess.run(command, cwd=root, env=_env(), text=True, capture_output=True)
     if proc.returncode != 0:
         raise _failed(f"{INDEX_SCRIPT.name} (DVC's Python)", root, proc)
-    return json.loads(proc.stdout)
+    return _json(proc.stdout, INDEX_SCRIPT.name, root)
+
+
+def _json(text: str, what: str, root: Path) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise DvcError(f"`{what}` in {root}: not JSON ({err}): {text[:500]!r}") from err

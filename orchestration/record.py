@@ -87,7 +87,7 @@ def busy(instance: dg.DagsterInstance) -> bool:
     return bool(instance.get_runs_count(dg.RunsFilter(statuses=active)))
 
 
-def record(root: Path, instance: dg.DagsterInstance) -> list[str]:
+def record(root: Path, instance: dg.DagsterInstance, wait: bool = False) -> list[str]:
     """Record, upstream first, every stage DVC calls up to date whose dvc.lock hash is not the
     asset's latest data version; the assets recorded. Each carries, as a materialization
     through Dagster would, the data versions and events of its upstream assets, so Dagster
@@ -95,7 +95,7 @@ def record(root: Path, instance: dg.DagsterInstance) -> list[str]:
     if busy(instance):
         return []
     stages, hashes = read_stages(root), lock_hashes(root)
-    stale = stale_assets(root, stages)  # running, or not rerun since their inputs changed
+    stale = stale_assets(root, stages, wait)  # running, or not rerun since inputs changed
     by_asset = {s.asset: s for s in stages}
     recorded = []
     for stage in stages:  # dvc.yaml order: every upstream stage comes first
@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     root = Path(args[0] if args else ".").resolve()
     with dg.DagsterInstance.get() as instance:
-        recorded = record(root, instance)
+        try:  # the daemon's sensor may be asking DVC at this moment: wait for it
+            recorded = record(root, instance, wait=True)
+        except dvc_cli.DvcBusy as busy:  # a stage is running: its outputs are not done
+            print(f"dagster: nothing recorded, DVC is busy: {busy}", file=sys.stderr)
+            return 1
     print(f"dagster: recorded {', '.join(recorded) if recorded else 'nothing new'} from dvc.lock")
     return 0
 

@@ -64,7 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "success rate per Crafter achievement of the scripted player at full skill",
     ),
     "vpt-download": (
-        "dreamer4.episodes.vpt_download",
+        "dreamer4.vpt_download",
         "download OpenAI's VPT Minecraft contractor recordings from an index file (resumable)",
     ),
 }

@@ -9,7 +9,8 @@ here. gym's 4-tuple `step` (MineRL 1.0 uses gym 0.23).
 
 The toy world: the view's colour follows pitch and yaw; 3 steps of `attack` give an oak log;
 `inventory` with a log crafts 4 planks, with 4 planks a crafting table; `use` with a crafting
-table places it; a `stats` variant also reports the recorders' stats counters.
+table places it; a `stats` variant also observes the statistics as HumanSurvival does, one
+mapping per category (ObserveFromFullStats: `mine_block`, `craft_item`, `use_item`, `custom`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ class StandInMineRL:
         pov[:180, :320, 2] = (self.t * 7 + self.world) % 256
         obs: dict[str, Any] = {"pov": pov, "inventory": dict(self.inventory)}
         if self.with_stats:
-            obs["stats"] = dict(self.stats)
+            for category in ("mine_block", "craft_item", "use_item", "custom", "pickup"):
+                obs[category] = {
+                    item: n for (cat, item), n in self.stats.items() if cat == category
+                }
         return obs
 
     def reset(self) -> dict[str, Any]:
         self.t, self.pitch, self.yaw, self.swings = 0, 0.0, 0.0, 0
         self.inventory = {"oak_log": 0, "oak_planks": 0, "crafting_table": 0, "dirt": 2}
-        self.stats: dict[str, int] = {}
+        self.stats: dict[tuple[str, str], int] = {}
         return self._obs()
 
     def _check(self, action: dict[str, Any]) -> None:
@@ -62,8 +66,8 @@ class StandInMineRL:
         if camera.shape != (2,) or camera.dtype.kind != "f" or np.abs(camera).max() > 180:
             raise ValueError(f"action['camera'] = {camera!r}: not in Box(-180, 180, (2,))")
 
-    def _count(self, key: str) -> None:
-        self.stats[key] = self.stats.get(key, 0) + 1
+    def _count(self, category: str, item: str) -> None:
+        self.stats[category, item] = self.stats.get((category, item), 0) + 1
 
     def step(self, action: dict[str, Any]) -> tuple[dict[str, Any], float, bool, dict]:
         self._check(action)
@@ -76,19 +80,19 @@ class StandInMineRL:
         if self.swings == 3:
             self.swings = 0
             inv["oak_log"] += 1
-            self._count("minecraft.mine_block:minecraft.oak_log")
+            self._count("mine_block", "oak_log")
         if action["inventory"] and inv["oak_log"]:
             inv["oak_log"] -= 1
             inv["oak_planks"] += 4
-            self._count("minecraft.craft_item:minecraft.oak_planks")
+            self._count("craft_item", "oak_planks")
         elif action["inventory"] and inv["oak_planks"] >= 4:
             inv["oak_planks"] -= 4
             inv["crafting_table"] += 1
-            self._count("minecraft.craft_item:minecraft.crafting_table")
+            self._count("craft_item", "crafting_table")
         if action["use"] and inv["crafting_table"]:
             inv["crafting_table"] -= 1
-            self._count("minecraft.use_item:minecraft.crafting_table")
-            self._count("minecraft.custom:minecraft.interact_with_crafting_table")
+            self._count("use_item", "crafting_table")
+            self._count("custom", "interact_with_crafting_table")
         return self._obs(), 0.0, self.t >= self.length, {}
 
     def close(self) -> None:

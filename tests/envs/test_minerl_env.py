@@ -181,3 +181,16 @@ def test_evaluate_help_documents_the_minecraft_form():
     text = parser._subparsers._group_actions[0].choices["evaluate"].format_help()
     assert "evaluate.env minerl" in text and "docs/minecraft.md" in text
     assert "MineRL's" in text  # --seeds
+
+
+def test_statistics_without_custom_leave_the_gui_tasks_out():
+    from dreamer4.envs.minerl_env import task_events
+
+    pov = np.zeros((360, 640, 3), np.uint8)
+    before = {"pov": pov, "inventory": {}, "mine_block": {"oak_log": 2.0}, "craft_item": {}}
+    after = {**before, "mine_block": {"oak_log": 3.0, "stone": 1.0}, "craft_item": {"stick": 4}}
+    tasks = observable_tasks(after)
+    assert "open_crafting_table" not in tasks and "use_wooden_pickaxe" not in tasks
+    events = {t: n for t, n in task_events(before, after).items() if n}
+    # marked as ingest marks the recordings: one event per step whose counter grew
+    assert events == {"mine_log": 1, "mine_cobblestone": 1, "craft_stick": 1}

@@ -102,3 +102,23 @@ def test_a_failing_command_names_itself_and_dvcs_error(repo: Path):
     with pytest.raises(dvc_cli.DvcError, match=r"`dvc status nope` in .*repo.*nope") as err:
         dvc_cli.run(repo, "status", "nope")
     assert not isinstance(err.value, dvc_cli.DvcBusy)
+
+
+@pytest.mark.parametrize("form", ["shebang", "long-path"])
+def test_dvcs_python_is_read_from_its_launcher(tmp_path: Path, monkeypatch, form: str):
+    """A launcher with no python beside it (pipx, a system install) names its interpreter: in
+    the shebang, or, for paths too long for one, in pip's `/bin/sh` + `exec` form."""
+    python = sys.executable
+    launcher = tmp_path / "bin" / "dvc"
+    launcher.parent.mkdir()
+    head = (
+        f"#!{python}\n"
+        if form == "shebang"
+        else f"#!/bin/sh\n'''exec' \"{python}\" \"$0\" \"$@\"\n' '''\n"
+    )
+    launcher.write_text(head + "from dvc.cli import main\n")
+    monkeypatch.setattr(dvc_cli, "executable", lambda: str(launcher))
+    assert dvc_cli.interpreter() == python
+    launcher.write_text("#!/bin/sh\nexec something\n")
+    with pytest.raises(dvc_cli.DvcError, match="cannot tell which Python"):
+        dvc_cli.interpreter()

@@ -46,3 +46,15 @@ def test_dvc_outputs_are_recorded_once_with_metadata_and_data_versions(trained_r
         assert "recorded imagination_dataset from dvc.lock" in result.skip_message
         event = latest(instance, "imagination_dataset")
         assert event.tags[DATA_VERSION_TAG] == hashes["imagine"]
+
+
+def test_a_data_version_covers_every_output():
+    from orchestration.record import data_version
+
+    one = [{"path": "models/tokenizer", "md5": "a1.dir"}]
+    assert data_version(one) == "a1.dir"  # one output: DVC's own md5, as dvc.lock shows it
+    two = [*one, {"path": "metrics/tokenizer.json", "md5": "b2"}]
+    changed = [*one, {"path": "metrics/tokenizer.json", "md5": "b3"}]
+    assert data_version(two) != data_version(changed)  # the second output alone changed
+    assert data_version(two) == data_version(two[::-1])  # not the order dvc.lock lists them
+    assert data_version([*one, {"path": "x"}]) is None  # an output not hashed yet

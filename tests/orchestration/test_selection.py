@@ -104,8 +104,15 @@ def test_a_malformed_selection_string_is_an_error_naming_the_key():
 
 
 def test_dvc_exp_run_sets_the_profile(trained_repo, tmp_path: Path):
+    """`-S profile=tiny` over a params.yaml naming another profile: every stage is then the
+    one trained with `tiny`, so nothing runs (hydra's override parser is DVC's, in its env)."""
     copy = tmp_path / "repo"
     shutil.copytree(trained_repo[0], copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    assert params["profile"] == "tiny"
+    params["profile"] = "alt"
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert dvc_cli.changed_stages(copy)  # under `alt` the stages would rerun
     out = dvc_cli.run(copy, "exp", "run", "-S", "profile=tiny", merged=True).stdout
     for stage in read_stages(copy):
         assert f"Stage '{stage.name}' didn't change, skipping" in out, out[-3000:]

@@ -13,12 +13,14 @@ that follows MineRL 1.0's published spaces (tests/envs/minerl_standin.py).
 - **Frames.** `pov` (360×640×3 uint8) is resized exactly as `ingest` resizes VPT video
   (`episode.resize_frame`, area averaging to size×size), so the agent sees what it was trained on.
 - **Events.** The recordings give the 20 tasks of the offline diamond challenge from `stats`
-  counters (`vpt.VPT_TASKS`, `vpt.task_counts`). An observation that carries `stats` in that
-  format gets the same counting. MineRL 1.0's own observation has no stats, only `inventory`
-  (item → count), so the tasks are derived from its changes (`INVENTORY_TASKS`): a gain for
-  mining and crafting (mine_log: any `*_log`; mine_coal: `coal`, which is what coal ore drops;
-  …), a loss for placing a crafting table or furnace. Opening a table or furnace and using a
-  pickaxe leave no mark there: `observable_tasks` leaves them out, rather than count them failed.
+  counters (`vpt.VPT_TASKS`, `vpt.task_counts`). MineRL 1.0's HumanSurvival observes the same
+  statistics, one mapping per category (`obs["mine_block"]["oak_log"]`, `craft_item`,
+  `use_item`, …: ObserveFromFullStats); they are counted exactly as `ingest` counts the
+  recordings' (`stats_of`). Opening a table or furnace is a `custom` statistic: counted when
+  the observation has a `custom` mapping, else left out (`observable_tasks`), never counted
+  failed. An env without statistics (BASALT's specs: `pov` and `inventory`) falls back to
+  inventory changes (`INVENTORY_TASKS`): a gain for mining and crafting, a loss for placing,
+  which also counts picking an item up as a gain and dropping one as a loss.
 """
 
 from __future__ import annotations
@@ -112,17 +114,39 @@ def frame_from_pov(obs: Mapping[str, Any], size: int) -> np.ndarray:
     return resize_frame(pov, size)
 
 
+# the statistics categories VPT_TASKS counts (custom, craft_item, mine_block, use_item)
+STAT_CATEGORIES: tuple[str, ...] = tuple(sorted({kind for kind, _ in VPT_TASKS.values()}))
+
+
+def _categories(obs: Mapping[str, Any]) -> list[str]:
+    return [c for c in STAT_CATEGORIES if isinstance(obs.get(c), Mapping)]
+
+
+def stats_of(obs: Mapping[str, Any]) -> dict[str, float]:
+    """The observation's statistics in the recorders' form, `minecraft.<category>:minecraft.<item>`
+    → count (what `vpt.task_counts` reads); empty when it has none."""
+    return {
+        f"minecraft.{cat}:minecraft.{str(item).removeprefix('minecraft:')}": float(value)
+        for cat in _categories(obs)
+        for item, value in obs[cat].items()
+    }
+
+
 def observable_tasks(obs: Mapping[str, Any]) -> tuple[str, ...]:
-    """The VPT tasks this observation can tell: every one with `stats`, else those of
-    `INVENTORY_TASKS`."""
-    return tuple(VPT_TASKS) if "stats" in obs else tuple(INVENTORY_TASKS)
+    """The VPT tasks this observation can tell: those of its statistics categories, else (none)
+    those of `INVENTORY_TASKS`."""
+    categories = _categories(obs)
+    if categories:
+        return tuple(t for t, (kind, _) in VPT_TASKS.items() if kind in categories)
+    return tuple(INVENTORY_TASKS)
 
 
 def task_progress(obs: Mapping[str, Any]) -> dict[str, float]:
-    """Per observable task, a counter that grows by one per event (`task_events` differences
-    it): the recorders' stats counters, or the inventory gains and losses."""
-    if "stats" in obs:
-        return {task: float(c[0]) for task, c in task_counts([dict(obs["stats"])]).items()}
+    """Per observable task, a counter whose growth marks an event (`task_events`): the
+    statistics summed as ingest sums the recordings', or the inventory gains and losses."""
+    tasks = observable_tasks(obs)
+    if _categories(obs):
+        return {t: float(c[0]) for t, c in task_counts([stats_of(obs)]).items() if t in tasks}
     inventory = {str(k).removeprefix("minecraft:"): float(v) for k, v in obs["inventory"].items()}
     progress = {}
     for task, (change, patterns) in INVENTORY_TASKS.items():
@@ -134,9 +158,10 @@ def task_progress(obs: Mapping[str, Any]) -> dict[str, float]:
 
 
 def task_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
-    """Events of one step: how often each observable task happened between two observations."""
+    """Events of one step, 1 where a task's counter grew between two observations (as ingest's
+    `events_from_counts` marks a recording's steps: crafting 4 sticks at once is one event)."""
     old, new = task_progress(before), task_progress(after)
-    return {task: max(0, round(new[task] - old[task])) for task in new}
+    return {task: int(new[task] > old[task]) for task in new}
 
 
 class MineRLPlayer:

@@ -1,7 +1,8 @@
 """Agents in Minecraft, prompted along the diamond tech tree: `evaluate` with `env: minerl`.
 
 Each agent plays `episodes` episodes of MineRL 1.0 (through `envs/minerl_env.py`; a world per
-seed via the env's `seed`), one environment at a time (a MineRL env is a Minecraft process).
+seed via the env's `seed`) in one env of its own, one at a time (a MineRL env is a Minecraft
+process).
 The task-conditioned agents are prompted, as in Crafter, with the first task of `DIAMOND_TREE`
 they know and have not done; the prompt moves on when the env shows that task happened. Success
 per task is the share of episodes in which it happened at least once (paper Table 5's
@@ -29,6 +30,7 @@ from dreamer4.episodes.crafter_format import read_jsonl
 from dreamer4.episodes.dataset import write_json
 from dreamer4.episodes.episode import EpisodeError
 from dreamer4.episodes.vpt import VPT_TASKS, task_counts
+from dreamer4.eval.prompted_play import prompt_indices
 from dreamer4.files import atomic_path, staged_folder
 
 # The offline diamond challenge's tasks in the order a player meets them: the prompt sequence
@@ -67,7 +69,7 @@ def play_minecraft(
     happened, and the step each first happened at (1 = after the first action)."""
     frame = env.reset()
     observable = env.tasks
-    prompts = [tasks.index(t) for t in DIAMOND_TREE if t in tasks and t in observable]
+    prompts = prompt_indices(tasks, tuple(t for t in DIAMOND_TREE if t in observable))
     counts = {task: 0 for task in observable}
     first: dict[str, int] = {}
     player.reset()
@@ -95,20 +97,21 @@ def play_agents(
     max_steps: int,
     sample_seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every agent (key → player, its tasks, its resolution) on every seed, one env each."""
+    """Every agent (key → player, its tasks, its resolution) on every seed: one env per agent
+    (a Minecraft process starts in minutes), seeded before each episode's reset."""
     stats: dict[str, list[dict[str, Any]]] = {}
     for a, (name, (player, tasks, size)) in enumerate(players.items()):
         stats[name] = []
-        for i, seed in enumerate(seeds):
-            player.generator = [torch.Generator().manual_seed(_draws(sample_seed, a, i))]
-            env = make_env()
-            try:
+        env = make_env()
+        try:
+            for i, seed in enumerate(seeds):
+                player.generator = [torch.Generator().manual_seed(_draws(sample_seed, a, i))]
                 if hasattr(env, "seed"):
                     env.seed(int(seed))
                 line = play_minecraft(MineRLPlayer(env, size), player, tasks, max_steps)
-            finally:
-                env.close()
-            stats[name].append({**line, "seed": seed})
+                stats[name].append({**line, "seed": seed})
+        finally:
+            env.close()
     return stats
 
 

@@ -4,7 +4,7 @@
 already has (VPT contractor segments, Crafter `.npz`, any layout `ingest` reads) from the
 profile's `source` folder, so DVC versions them as this stage's output; `source` itself is never
 written, so DVC clearing the output before a rerun loses nothing. `env: minerl` (recording new
-Minecraft play) needs the optional `minerl` extra, which cannot be built on these machines.
+Minecraft play) is not built in: Minecraft data comes from VPT recordings (docs/minecraft.md).
 
 Like VPT's contractor data, the recordings come from players of varying skill: each episode
 draws a skill from the profile's mix (`skills` / `skill_weights`; skill 0 is a random player)
@@ -113,8 +113,9 @@ def collect(
 
     if env != "crafter":
         raise ParamsError(
-            f"collect: env {env!r} cannot be recorded here; MineRL needs the optional `minerl` "
-            "extra. To use recordings you have, set `env: vpt` and `source:` in the profile."
+            f"collect: env {env!r} cannot be recorded here; for Minecraft, download VPT "
+            "recordings (`dreamer4 vpt-download`, docs/minecraft.md) and set `env: vpt` and "
+            "`source:` in the profile."
         )
     if skill is not None and not 0.0 <= skill <= 1.0:
         raise ParamsError(f"collect: --skill must be in [0, 1], got {skill}")

@@ -19,8 +19,8 @@ import pytest
 from dreamer4.cli import build_parser, main
 from dreamer4.episodes.readers import find_raw_episodes, read_raw_episode
 from dreamer4.episodes.vpt import read_vpt_episode, vpt_line, write_vpt_episode
-from dreamer4.episodes.vpt_download import file_url, run, segment_stem
 from dreamer4.errors import StageError
+from dreamer4.vpt_download import file_url, run, segment_stem
 from tests.conftest import vpt_frames
 
 FAST = ["--retry-delay", "0.001", "--timeout", "10"]
