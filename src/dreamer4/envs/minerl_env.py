@@ -160,8 +160,11 @@ def task_progress(obs: Mapping[str, Any]) -> dict[str, float]:
 def task_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
     """Events of one step, 1 where a task's counter grew between two observations (as ingest's
     `events_from_counts` marks a recording's steps: crafting 4 sticks at once is one event)."""
-    old, new = task_progress(before), task_progress(after)
-    return {task: int(new[task] > old[task]) for task in new}
+    return _grown(task_progress(before), task_progress(after))
+
+
+def _grown(old: dict[str, float], new: dict[str, float]) -> dict[str, int]:
+    return {task: int(new[task] > old.get(task, new[task])) for task in new}
 
 
 class MineRLPlayer:
@@ -171,6 +174,7 @@ class MineRLPlayer:
     def __init__(self, env: Any, size: int) -> None:
         self.env, self.size = env, int(size)
         self.obs: Mapping[str, Any] = {}
+        self.progress: dict[str, float] = {}  # task_progress(self.obs), read once per step
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -179,14 +183,16 @@ class MineRLPlayer:
     def reset(self) -> np.ndarray:
         out = self.env.reset()
         self.obs = out[0] if isinstance(out, tuple) else out
+        self.progress = task_progress(self.obs)
         return frame_from_pov(self.obs, self.size)
 
     def step(self, action: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, int], bool]:
         """Frame after the action, the task events it caused, and whether the episode ended."""
         out = self.env.step(to_minerl(action))
         obs, done = out[0], bool(out[2]) or (len(out) == 5 and bool(out[3]))
-        events = task_events(self.obs, obs)
-        self.obs = obs
+        progress = task_progress(obs)
+        events = _grown(self.progress, progress)
+        self.obs, self.progress = obs, progress
         return frame_from_pov(obs, self.size), events, done
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,14 @@ def per_row(fn: Callable[..., Any], x: Tensor, generator: Generators) -> list[An
     if len(generator) != x.shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]} rows")
     return [fn(x[i : i + 1], g) for i, g in enumerate(generator)]
+
+
+def episode_generator(seed: int, agent: int, episode: int) -> torch.Generator:
+    """A CPU generator for one episode of one agent (its place in the evaluation's agent list),
+    seeded by (seed, agent, episode): the same draws on any device, whatever the batch, the
+    worker count or which other agents run."""
+    state = np.random.SeedSequence([int(seed), int(agent), int(episode)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def cat_actions(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -30,6 +30,7 @@ from dreamer4.episodes.crafter_format import read_jsonl
 from dreamer4.episodes.dataset import write_json
 from dreamer4.episodes.episode import EpisodeError
 from dreamer4.episodes.vpt import VPT_TASKS, task_counts
+from dreamer4.eval.agent_player import episode_generator
 from dreamer4.eval.prompted_play import prompt_indices
 from dreamer4.files import atomic_path, staged_folder
 
@@ -92,20 +93,22 @@ def play_minecraft(
 
 def play_agents(
     players: dict[str, tuple[Any, tuple[str, ...], int]],
+    agents: tuple[str, ...],
     make_env: Callable[[], Any],
     seeds: list[int],
     max_steps: int,
     sample_seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every agent (key → player, its tasks, its resolution) on every seed: one env per agent
-    (a Minecraft process starts in minutes), seeded before each episode's reset."""
+    (a Minecraft process starts in minutes), seeded before each episode's reset. Episode i of
+    agent a draws from its own generator, a being its place in `agents` (as in Crafter)."""
     stats: dict[str, list[dict[str, Any]]] = {}
-    for a, (name, (player, tasks, size)) in enumerate(players.items()):
+    for name, (player, tasks, size) in players.items():
         stats[name] = []
         env = make_env()
         try:
             for i, seed in enumerate(seeds):
-                player.generator = [torch.Generator().manual_seed(_draws(sample_seed, a, i))]
+                player.generator = [episode_generator(sample_seed, agents.index(name), i)]
                 if hasattr(env, "seed"):
                     env.seed(int(seed))
                 line = play_minecraft(MineRLPlayer(env, size), player, tasks, max_steps)
@@ -113,10 +116,6 @@ def play_agents(
         finally:
             env.close()
     return stats
-
-
-def _draws(seed: int, agent: int, episode: int) -> int:
-    return int(np.random.SeedSequence([seed, agent, episode]).generate_state(1)[0])
 
 
 def behaviour_stats(raw: Path) -> list[dict[str, Any]]:

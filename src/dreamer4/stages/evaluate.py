@@ -61,7 +61,7 @@ from dreamer4.episodes.dataset import write_json
 from dreamer4.episodes.episode import EpisodeError
 from dreamer4.errors import StageError
 from dreamer4.eval import minecraft_play as minecraft
-from dreamer4.eval.agent_player import RandomPlayer, model_player
+from dreamer4.eval.agent_player import RandomPlayer, episode_generator, model_player
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
 from dreamer4.eval.report import Report
 from dreamer4.eval.tables import episode_rows, headline_table, success_table, time_to_milestone
@@ -200,15 +200,8 @@ def _play_worlds(job: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
     for name, folder in job["agents"]:
         player, tasks, resolution = _player(name, folder, job["tokenizer"])
-        # CPU generators, one per episode: the same draws on any device, seeded by
-        # (seed, agent, episode), whatever the batch and the worker count
         a = list(AGENTS).index(name)
-        player.generator = [
-            torch.Generator().manual_seed(
-                int(np.random.SeedSequence([job["sample_seed"], a, i]).generate_state(1)[0])
-            )
-            for i in job["indices"]
-        ]
+        player.generator = [episode_generator(job["sample_seed"], a, i) for i in job["indices"]]
         frames: list[np.ndarray] | None = [] if job["record"] else None
         stats = play_prompted_batch(
             [copy.deepcopy(w) for w in worlds],
@@ -354,7 +347,7 @@ def evaluate_minecraft(
         else:
             players[name] = _player(name, str(folders[name]), str(folders["tokenizer"]))
     played = minecraft.play_agents(
-        players, make_env, seeds, int(settings["max_steps"]), int(settings["seed"])
+        players, tuple(AGENTS), make_env, seeds, int(settings["max_steps"]), int(settings["seed"])
     )
     stats.update(played)
     order = {a: stats[a] for a in AGENTS if a in stats}
