@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from math import comb
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,8 @@ from dreamer4.eval.crafter_score import crafter_score
 from dreamer4.eval.tables import (
     episode_rows,
     headline_table,
+    pairwise_tests,
+    score_interval,
     success_table,
     time_to_milestone,
     wilson_interval,
@@ -62,3 +66,60 @@ def test_tables_from_hand_made_episodes():
     assert timing.loc["Agent A", "place_table"] == pytest.approx(15.0)
     assert np.isnan(timing.loc["Agent B", "collect_wood"])
     assert timing.loc["Agent B", "n/place_table"] == 0
+
+
+def _agent(name: str, wood: int, table: int, n: int) -> pd.DataFrame:
+    """n episodes of `name`: the first `wood` collect wood, the first `table` also place one."""
+    stats = [
+        {"length": 10, "reward": 0.0, "achievement_collect_wood": int(i < wood),
+         "achievement_place_table": int(i < table)}
+        for i in range(n)
+    ]  # fmt: skip
+    return episode_rows(name, stats)
+
+
+def _fisher_two_sided(ka: int, na: int, kb: int, nb: int) -> float:
+    """Fisher's exact test by hand: the hypergeometric probabilities of every table with the
+    same margins that are no more likely than the observed one, summed."""
+    k, n = ka + kb, na + nb
+
+    def prob(x: int) -> float:
+        return comb(na, x) * comb(nb, k - x) / comb(n, k)
+
+    seen = prob(ka)
+    tables = range(max(0, k - nb), min(k, na) + 1)
+    return sum(prob(x) for x in tables if prob(x) <= seen * (1 + 1e-9))
+
+
+def test_pairwise_tests_fisher_and_score_difference():
+    episodes = pd.concat(
+        [_agent("a", 9, 9, 20), _agent("b", 4, 1, 20), _agent("c", 4, 1, 20)], ignore_index=True
+    )
+    labels = {"a": "A", "b": "B", "c": "C"}
+    tests = pairwise_tests(episodes, [("a", "b"), ("b", "c"), ("a", "z")], MILESTONES, labels)
+    assert set(zip(tests["agent"], tests["versus"], strict=True)) == {("A", "B"), ("B", "C")}
+    rows = tests.set_index(["agent", "versus", "measure"])
+    table = rows.loc[("A", "B", "place_table")]
+    assert (table["value"], table["versus_value"]) == (45.0, 5.0)
+    assert table["p_value"] == pytest.approx(_fisher_two_sided(9, 20, 1, 20))
+    assert table["p_value"] < 0.05 < rows.loc[("A", "B", "collect_wood"), "p_value"]
+    assert rows.loc[("B", "C", "place_table"), "p_value"] == pytest.approx(1.0)
+    score = rows.loc[("A", "B", "score")]
+    want = crafter_score(success_table(episodes).query("agent == 'a'")["success_rate"]) - (
+        crafter_score(success_table(episodes).query("agent == 'b'")["success_rate"])
+    )
+    assert score["difference"] == pytest.approx(want)
+    assert 0 < score["ci_low"] < score["difference"] < score["ci_high"]
+    same = rows.loc[("B", "C", "score")]
+    assert same["ci_low"] < 0 < same["ci_high"]  # identical agents: the interval spans 0
+
+
+def test_score_interval_is_seeded_and_covers_the_score():
+    episodes = pd.concat([_agent("a", 9, 6, 20), _agent("d", 20, 0, 20)], ignore_index=True)
+    scores = score_interval(episodes, {"a": "A"}, seed=3)
+    pd.testing.assert_frame_equal(scores, score_interval(episodes, {"a": "A"}, seed=3))
+    assert list(scores.index) == ["A", "d"]
+    a, d = scores.loc["A"], scores.loc["d"]
+    assert a["ci_low"] < a["score"] < a["ci_high"]
+    # every episode alike: every resample is the sample, the interval is the score itself
+    assert d["ci_low"] == pytest.approx(d["score"]) == pytest.approx(d["ci_high"])

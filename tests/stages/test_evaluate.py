@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import torch
 from dreamer4.agent import policy_module
 from dreamer4.cli import main
 from dreamer4.eval.crafter_score import read_stats
+from dreamer4.eval.prompted_play import MILESTONES
 from dreamer4.stages.collect import collect
-from dreamer4.stages.evaluate import AGENTS
+from dreamer4.stages.evaluate import AGENTS, COMPARISONS
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4.train.checkpoint import export
 from tests.conftest import REPO
@@ -90,6 +92,16 @@ def test_report_has_every_agent_and_stats_crafter_reads(
     headline = pd.read_csv(out / "headline.csv", index_col=0)
     assert list(headline.index) == LABELS
     assert headline.loc["Behaviour data", "episodes"] == 2
+    # Table 7's claims as tests: every pair of COMPARISONS, the score and each milestone
+    tests = pd.read_csv(out / "comparisons.csv")
+    pairs = {(AGENTS[a], AGENTS[b]) for a, b in COMPARISONS}
+    assert set(zip(tests["agent"], tests["versus"], strict=True)) == pairs
+    assert len(tests) == len(COMPARISONS) * (1 + len(MILESTONES))
+    assert tests["p_value"].dropna().between(0, 1).all()
+    assert "## Table 7's claims: pairwise tests" in report
+    assert re.search(r"\n\| Dreamer 4 +\| +BC \| +[-+]\d", report)  # a row with its score
+    scores = pd.read_csv(out / "scores.csv", index_col=0)
+    assert (scores["ci_low"] <= headline.loc[scores.index, "score"] + 0.01).all()
     for key in AGENTS:
         episodes = read_stats(out / key)  # Crafter's stats.jsonl, per agent
         assert len(episodes) == 2, key
@@ -111,6 +123,7 @@ def test_report_has_every_agent_and_stats_crafter_reads(
     assert main(_argv(setup, alone, "--agents", "dreamer4", *one)) == 0
     assert read_stats(alone / "dreamer4") == read_stats(out / "dreamer4")
     assert list(pd.read_csv(alone / "headline.csv", index_col=0).index) == ["Dreamer 4"]
+    assert pd.read_csv(alone / "comparisons.csv").empty  # one agent: nothing to compare
     assert not (tmp_path / "metrics/evaluate").exists()  # standalone: no pipeline metrics
 
     _open_in_chromium(chromium, out / "report.html", tmp_path / "report.png")

@@ -92,6 +92,22 @@ def _html_table(table: pd.DataFrame) -> str:
     return table.to_html(index=False, border=0)
 
 
+def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
+    """`tables.pairwise_tests` as one row per pair: the score difference with its interval,
+    then per milestone "rate vs rate (p)"; milestones neither agent reached are left out."""
+    rows = []
+    for (a, b), group in tests.groupby(["agent", "versus"], sort=False):
+        row: dict[str, str] = {"agent": a, "versus": b}
+        for t in group.itertuples():
+            if t.measure == "score":
+                row["score"] = f"{t.difference:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
+            elif t.value or t.versus_value:
+                star = "*" if t.p_value < 0.05 else ""
+                row[t.measure] = f"{t.value:.0f} vs {t.versus_value:.0f} (p {t.p_value:.2g}{star})"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("–").set_index("agent")
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -275,6 +291,8 @@ class Report:
         clips: Mapping[str, np.ndarray],
         imagination: Path | None,
         settings: dict[str, Any],
+        scores: pd.DataFrame | None = None,
+        tests: pd.DataFrame | None = None,
     ) -> None:
         chain = " → ".join(self.milestones)
         self.add(
@@ -283,6 +301,21 @@ class Report:
             note=f"score: Crafter score (%, geometric mean over its 22 achievements); return and "
             f"length: means per episode; then success rate (%) along the tech tree {chain}.",
         )
+        if scores is not None:
+            self.add(
+                "Crafter score, 95 % intervals",
+                scores,
+                note="percentile bootstrap over each agent's episodes",
+                digits=2,
+            )
+        if tests is not None and len(tests):
+            self.add(
+                "Table 7's claims: pairwise tests",
+                comparison_display(tests),
+                note="score: difference of Crafter scores [95 % bootstrap interval]; "
+                "milestones (those either agent reached): success rates in % and p of Fisher's "
+                "exact test, two-sided (* below 0.05).",
+            )
         self.add("Success per milestone, 95 % intervals", image=self.success_plot(success))
         steps = timing[list(self.milestones)]
         counts = timing[[f"n/{m}" for m in self.milestones]].to_numpy()

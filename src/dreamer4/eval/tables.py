@@ -7,6 +7,14 @@ Every table derives from one frame of episodes, one row per episode played (or r
 Success rates carry a 95% Wilson score interval: with tens of episodes per agent, the normal
 approximation's interval leaves [0, 100] % at rates near 0 or 100 %, where most Crafter
 achievements sit; Wilson's stays inside and is not empty at 0 successes.
+
+The Crafter score is a geometric mean over 22 rates, with no closed-form interval: its 95 %
+interval is a percentile bootstrap over episodes (seeded, so a report is reproducible). Two
+agents are compared (`pairwise_tests`, Table 7's claims) per milestone by Fisher's exact test,
+two-sided — exact at any count, where most milestones have a handful of successes, and it
+treats the two agents' episodes as independent samples, which they are (their actions are
+sampled on their own, only the world seeds are shared) — and on the score by the bootstrap
+interval of the difference.
 """
 
 from __future__ import annotations
@@ -16,11 +24,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import fisher_exact
 
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
 from dreamer4.eval.crafter_score import crafter_score
 
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
+# the columns of `pairwise_tests`
+TEST_COLUMNS = tuple(
+    "agent versus measure value versus_value difference ci_low ci_high p_value test".split()
+)
 
 
 def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[Any, Any]:
@@ -111,3 +124,75 @@ def time_to_milestone(
     table.index = [labels.get(a, a) for a in order]
     table.index.name = "agent"
     return table
+
+
+def _successes(episodes: pd.DataFrame, agent: str) -> np.ndarray:
+    """(episodes, 22) bool: which achievements each of `agent`'s episodes reached."""
+    counts = episodes.loc[
+        episodes["agent"] == agent, [f"achievement_{a}" for a in CRAFTER_ACHIEVEMENTS]
+    ]
+    if counts.empty:
+        raise ValueError(f"no episodes of agent {agent!r}")
+    return counts.to_numpy() >= 1
+
+
+def _bootstrap_scores(reached: np.ndarray, resamples: int, rng: np.random.Generator) -> Any:
+    """Crafter scores of `resamples` resamples (with replacement) of the episodes' rows."""
+    rows = rng.integers(0, len(reached), size=(resamples, len(reached)))
+    rates = 100.0 * reached[rows].mean(axis=1)  # (resamples, 22)
+    return np.exp(np.log1p(rates).mean(axis=1)) - 1.0
+
+
+def score_interval(
+    episodes: pd.DataFrame, labels: Mapping[str, str], resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per agent (its label): `score` and its 95 % percentile-bootstrap interval `ci_low`,
+    `ci_high`, from `resamples` resamples of its episodes."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for agent in dict.fromkeys(episodes["agent"]):
+        reached = _successes(episodes, agent)
+        boot = _bootstrap_scores(reached, resamples, rng)
+        score = crafter_score(100.0 * reached.mean(axis=0))
+        rows[labels.get(agent, agent)] = (score, *np.percentile(boot, [2.5, 97.5]))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["score", "ci_low", "ci_high"])
+    table.index.name = "agent"
+    return table
+
+
+def pairwise_tests(
+    episodes: pd.DataFrame,
+    pairs: Iterable[tuple[str, str]],
+    milestones: tuple[str, ...],
+    labels: Mapping[str, str],
+    resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Table 7's claims as tests, one row per (pair, measure) for the pairs whose agents both
+    played: `agent`, `versus` (labels), `measure` ("score" or a milestone), `value`,
+    `versus_value` (score, or success rate in %), `difference`, then for the score the 95 %
+    bootstrap interval of the difference (`ci_low`, `ci_high`), for a milestone Fisher's
+    exact two-sided `p_value`; `test` names it."""
+    present = set(episodes["agent"])
+    index = {m: CRAFTER_ACHIEVEMENTS.index(m) for m in milestones}
+    rows = []
+    for a, b in pairs:
+        if a not in present or b not in present:
+            continue
+        rng = np.random.default_rng(seed)
+        ra, rb = _successes(episodes, a), _successes(episodes, b)
+        boot = _bootstrap_scores(ra, resamples, rng) - _bootstrap_scores(rb, resamples, rng)
+        sa, sb = crafter_score(100.0 * ra.mean(0)), crafter_score(100.0 * rb.mean(0))
+        pair = {"agent": labels.get(a, a), "versus": labels.get(b, b)}
+        low, high = np.percentile(boot, [2.5, 97.5])
+        rows.append({**pair, "measure": "score", "value": sa, "versus_value": sb,
+                     "difference": sa - sb, "ci_low": low, "ci_high": high, "p_value": np.nan,
+                     "test": "bootstrap 95 % interval of the difference"})  # fmt: skip
+        for m, j in index.items():
+            ka, kb = int(ra[:, j].sum()), int(rb[:, j].sum())
+            _, p = fisher_exact([[ka, len(ra) - ka], [kb, len(rb) - kb]], "two-sided")
+            va, vb = 100.0 * ka / len(ra), 100.0 * kb / len(rb)
+            rows.append({**pair, "measure": m, "value": va, "versus_value": vb,
+                         "difference": va - vb, "ci_low": np.nan, "ci_high": np.nan,
+                         "p_value": float(p), "test": "Fisher's exact, two-sided"})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(TEST_COLUMNS))

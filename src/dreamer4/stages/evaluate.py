@@ -24,10 +24,12 @@ deterministic per seed (`envs/crafter_env.py`).
 Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`
 per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` reads it);
 `episodes.parquet` (one row per episode, `eval/tables.py`); `success.csv`, `headline.csv`,
-`time_to_milestone.csv`; plots and clips (`success.png`, `training.png`, `real_game.gif`,
-`imagination.gif`, `world_model.gif`). DVC metrics `metrics/evaluate/metrics.json`
-(`eval/<agent>/score`, `…/return`, `…/length`, `…/<milestone>` success in %) and plot
-`metrics/evaluate/milestones.tsv`.
+`time_to_milestone.csv`, `scores.csv` (Crafter score with its 95 % bootstrap interval) and
+`comparisons.csv` (Table 7's claims tested pairwise, `COMPARISONS`: Fisher's exact test per
+milestone, the score difference's bootstrap interval); plots and clips (`success.png`,
+`training.png`, `real_game.gif`, `imagination.gif`, `world_model.gif`). DVC metrics
+`metrics/evaluate/metrics.json` (`eval/<agent>/score`, `…/return`, `…/length`, `…/<milestone>`
+success in %) and plot `metrics/evaluate/milestones.tsv`.
 
 With `env: minerl` (the `minecraft` profile) every agent plays Minecraft instead, through MineRL
 1.0 and the adapter `envs/minerl_env.py` (`evaluate_minecraft`, `eval/minecraft_play.py`): the
@@ -64,7 +66,14 @@ from dreamer4.eval import minecraft_play as minecraft
 from dreamer4.eval.agent_player import RandomPlayer, episode_generator, model_player
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
 from dreamer4.eval.report import Report
-from dreamer4.eval.tables import episode_rows, headline_table, success_table, time_to_milestone
+from dreamer4.eval.tables import (
+    episode_rows,
+    headline_table,
+    pairwise_tests,
+    score_interval,
+    success_table,
+    time_to_milestone,
+)
 from dreamer4.files import atomic_path, staged_folder
 from dreamer4.parallel import imap_workers
 from dreamer4.params import Settings
@@ -77,6 +86,16 @@ AGENTS: dict[str, str] = {
     "wm_bc": "WM+BC",
     "dreamer4": "Dreamer 4",
 }
+# Table 7's claims, tested in the report (comparisons.csv): Dreamer 4 ≥ WM+BC ≥ BC, each above
+# random
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("dreamer4", "wm_bc"),
+    ("wm_bc", "bc"),
+    ("dreamer4", "bc"),
+    ("bc", "random"),
+    ("wm_bc", "random"),
+    ("dreamer4", "random"),
+)
 _WORKER: dict[str, Any] = {}  # per worker process: loaded players and the env
 
 
@@ -420,8 +439,14 @@ def _write_report(
         success.to_csv(tmp / "success.csv", index=False, float_format="%.2f")
         headline.to_csv(tmp / "headline.csv", float_format="%.2f")
         timing.to_csv(tmp / "time_to_milestone.csv", float_format="%.1f")
+        scores = score_interval(episodes, AGENTS)
+        tests = pairwise_tests(episodes, COMPARISONS, MILESTONES, AGENTS)
+        scores.to_csv(tmp / "scores.csv", float_format="%.3f")
+        tests.to_csv(tmp / "comparisons.csv", index=False, float_format="%.4g")
         report = Report(tmp, metrics_root, AGENTS, MILESTONES)
-        report.write(headline, success, timing, clips, folders.get("imagination"), context)
+        report.write(
+            headline, success, timing, clips, folders.get("imagination"), context, scores, tests
+        )
 
 
 def _metrics(metrics: Path, headline: pd.DataFrame, order: list[str]) -> None:
