@@ -1,0 +1,70 @@
+"""Which Crafter tiles a tokenizer keeps: per class, the share of the held-out frames' view
+tiles that its reconstructions show as the same class, and what the lost ones turn into.
+
+`tokenizer/tile_accuracy` is one number; this splits it by what the tile really is, so a reader
+sees whether the textured tiles the tech tree runs through (stone, trees, coal, iron) survive
+or only the flat ones (grass, water, sand). Same held-out sequences as the stage's evaluation
+(`heldout_split`, `fixed_batch` with its seed), without masking.
+
+    python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dreamer4.eval.tile_accuracy import classifier
+from dreamer4.tokenizer import load_tokenizer
+from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
+
+HELDOUT_SEED = 1234  # train_tokenizer's held-out batch
+
+
+@torch.no_grad()
+def class_table(tokenizer: Path, data: Path, sequences: int) -> pd.DataFrame:
+    """One row per class present in the real tiles: `share` of all tiles (%), `kept` (% shown
+    as the same class), `becomes` (the most common wrong class and its share of the lost)."""
+    model, _ = load_tokenizer(tokenizer)
+    spec = SequenceSpec(
+        length=model.cfg.sequence, split=heldout_split(data), actions=False, fields=()
+    )
+    frames = fixed_batch(EpisodeSequences(data, spec), sequences, HELDOUT_SEED)[0]["frames"]
+    out = model(frames, mask=False)
+    recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
+    target = model.unpatchify(out["target"])
+    tiles = classifier(frames.shape[-2])
+    real, seen = tiles.view(target).flatten(), tiles.view(recon).flatten()
+    rows = []
+    for index in real.unique().tolist():
+        here = real == index
+        wrong = seen[here & (seen != index)]
+        top = wrong.mode().values.item() if len(wrong) else None
+        rows.append(
+            {
+                "class": tiles.classes[index],
+                "share": 100.0 * here.float().mean().item(),
+                "kept": 100.0 * (seen[here] == index).float().mean().item(),
+                "becomes": "–"
+                if top is None
+                else f"{tiles.classes[top]} ({100.0 * (wrong == top).float().mean().item():.0f} %)",
+            }
+        )
+    return pd.DataFrame(rows).sort_values("share", ascending=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
+    p.add_argument("--data", type=Path, default=Path("data/episodes"))
+    p.add_argument("--sequences", type=int, default=32, help="held-out sequences (stage's: 32)")
+    args = p.parse_args()
+    table = class_table(args.tokenizer, args.data, args.sequences)
+    print(table.to_markdown(index=False, floatfmt=".1f"))
+
+
+if __name__ == "__main__":
+    main()
