@@ -4,7 +4,8 @@ tiles that its reconstructions show as the same class, and what the lost ones tu
 `tokenizer/tile_accuracy` is one number; this splits it by what the tile really is, so a reader
 sees whether the textured tiles the tech tree runs through (stone, trees, coal, iron) survive
 or only the flat ones (grass, water, sand). Same held-out sequences as the stage's evaluation
-(`heldout_split`, `fixed_batch` with its seed), without masking.
+(`heldout_split`, `fixed_batch` with its seed 1234), without masking, with the weights the
+stage evaluates and `encode` uses (not the EMA).
 
     python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 32]
 """
@@ -21,7 +22,7 @@ from dreamer4.eval.tile_accuracy import classifier
 from dreamer4.tokenizer import load_tokenizer
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
-HELDOUT_SEED = 1234  # train_tokenizer's held-out batch
+HELDOUT_SEED = 1234  # TokenizerJob.heldout's (a literal there: the stage's code stays as it ran)
 
 
 @torch.no_grad()

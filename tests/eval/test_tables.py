@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from math import comb
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from dreamer4.eval.crafter_score import crafter_score
+from dreamer4.eval.report import comparison_display
 from dreamer4.eval.tables import (
     episode_rows,
     headline_table,
@@ -93,15 +95,16 @@ def _fisher_two_sided(ka: int, na: int, kb: int, nb: int) -> float:
 
 def test_pairwise_tests_fisher_and_score_difference():
     episodes = pd.concat(
-        [_agent("a", 9, 9, 20), _agent("b", 4, 1, 20), _agent("c", 4, 1, 20)], ignore_index=True
+        [_agent("a", 9, 9, 20), _agent("b", 8, 1, 30), _agent("c", 8, 1, 30)], ignore_index=True
     )
     labels = {"a": "A", "b": "B", "c": "C"}
     tests = pairwise_tests(episodes, [("a", "b"), ("b", "c"), ("a", "z")], MILESTONES, labels)
     assert set(zip(tests["agent"], tests["versus"], strict=True)) == {("A", "B"), ("B", "C")}
     rows = tests.set_index(["agent", "versus", "measure"])
     table = rows.loc[("A", "B", "place_table")]
-    assert (table["value"], table["versus_value"]) == (45.0, 5.0)
-    assert table["p_value"] == pytest.approx(_fisher_two_sided(9, 20, 1, 20))
+    assert (table["value"], table["versus_value"]) == (45.0, pytest.approx(100 / 30))
+    # unequal counts: two-sided is not twice one-sided here (0.00051 vs 0.00102)
+    assert table["p_value"] == pytest.approx(_fisher_two_sided(9, 20, 1, 30))
     assert table["p_value"] < 0.05 < rows.loc[("A", "B", "collect_wood"), "p_value"]
     assert rows.loc[("B", "C", "place_table"), "p_value"] == pytest.approx(1.0)
     score = rows.loc[("A", "B", "score")]
@@ -118,8 +121,33 @@ def test_score_interval_is_seeded_and_covers_the_score():
     episodes = pd.concat([_agent("a", 9, 6, 20), _agent("d", 20, 0, 20)], ignore_index=True)
     scores = score_interval(episodes, {"a": "A"}, seed=3)
     pd.testing.assert_frame_equal(scores, score_interval(episodes, {"a": "A"}, seed=3))
+    # an agent's interval does not depend on the agents before it
+    alone = score_interval(episodes[episodes["agent"] == "a"], {"a": "A"}, seed=3)
+    pd.testing.assert_frame_equal(alone, scores.loc[["A"]])
+    second = pd.concat([_agent("b", 2, 1, 7), episodes], ignore_index=True)
+    pd.testing.assert_frame_equal(score_interval(second, {"a": "A"}, seed=3).loc[["A"]], alone)
     assert list(scores.index) == ["A", "d"]
     a, d = scores.loc["A"], scores.loc["d"]
     assert a["ci_low"] < a["score"] < a["ci_high"]
     # every episode alike: every resample is the sample, the interval is the score itself
     assert d["ci_low"] == pytest.approx(d["score"]) == pytest.approx(d["ci_high"])
+
+
+def test_comparison_display_keeps_reached_milestones_in_tech_tree_order():
+    # b reaches coal without stone (Crafter allows it); a pair's columns still follow the tree
+    stats = [{"length": 5, "reward": 0.0, "achievement_collect_coal": 1}] * 3 + [
+        {"length": 5, "reward": 0.0, "achievement_collect_stone": 1}
+    ]
+    episodes = pd.concat(
+        [episode_rows("a", stats[3:] * 10), episode_rows("b", stats[:3] * 10 + stats[3:])],
+        ignore_index=True,
+    )
+    chain = ("collect_wood", "collect_stone", "collect_coal")
+    tests = pairwise_tests(episodes, [("b", "a")], chain, {})
+    shown = comparison_display(tests)
+    assert list(shown.columns) == ["versus", "score", "collect_stone", "collect_coal"]
+    row = shown.loc["b"]
+    assert row["versus"] == "a"
+    assert row["collect_coal"].startswith("97 vs 0 (p ") and row["collect_coal"].endswith("*)")
+    assert row["collect_stone"].startswith("3 vs 100 (p ") and row["collect_stone"].endswith("*)")
+    assert re.fullmatch(r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]", row["score"])

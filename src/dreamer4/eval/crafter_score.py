@@ -12,6 +12,7 @@ import argparse
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,10 +30,13 @@ def success_table(episodes: Iterable[Mapping[str, int]]) -> pd.DataFrame:
     return pd.DataFrame({"achievement": rates.index, "success_rate": rates.to_numpy()})
 
 
-def crafter_score(success_rates: Iterable[float]) -> float:
-    """Crafter's score from per-achievement success rates in %."""
-    rates = np.asarray(list(success_rates), dtype=np.float64)
-    return float(np.exp(np.nanmean(np.log1p(rates))) - 1.0)
+def crafter_score(success_rates: Iterable[float] | np.ndarray) -> Any:
+    """Crafter's score from per-achievement success rates in % (a float), or one score per
+    row of an array whose last axis runs over the achievements (the bootstrap's resamples)."""
+    if not isinstance(success_rates, np.ndarray):
+        success_rates = np.asarray(list(success_rates), dtype=np.float64)
+    score = np.exp(np.nanmean(np.log1p(success_rates.astype(np.float64)), axis=-1)) - 1.0
+    return float(score) if score.ndim == 0 else score
 
 
 def read_stats(path: Path) -> list[dict[str, int]]:

@@ -105,7 +105,9 @@ def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
                 star = "*" if t.p_value < 0.05 else ""
                 row[t.measure] = f"{t.value:.0f} vs {t.versus_value:.0f} (p {t.p_value:.2g}{star})"
         rows.append(row)
-    return pd.DataFrame(rows).fillna("–").set_index("agent")
+    measures = [m for m in dict.fromkeys(tests["measure"]) if any(m in r for r in rows)]
+    table = pd.DataFrame(rows).reindex(columns=["agent", "versus", *measures])  # tech-tree order
+    return table.fillna("–").set_index("agent")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

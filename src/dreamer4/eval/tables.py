@@ -8,13 +8,14 @@ Success rates carry a 95% Wilson score interval: with tens of episodes per agent
 approximation's interval leaves [0, 100] % at rates near 0 or 100 %, where most Crafter
 achievements sit; Wilson's stays inside and is not empty at 0 successes.
 
-The Crafter score is a geometric mean over 22 rates, with no closed-form interval: its 95 %
-interval is a percentile bootstrap over episodes (seeded, so a report is reproducible). Two
-agents are compared (`pairwise_tests`, Table 7's claims) per milestone by Fisher's exact test,
-two-sided — exact at any count, where most milestones have a handful of successes, and it
-treats the two agents' episodes as independent samples, which they are (their actions are
-sampled on their own, only the world seeds are shared) — and on the score by the bootstrap
-interval of the difference.
+The Crafter score (a geometric mean of 1 + rate over 22 rates, minus 1) has no closed-form
+interval: its 95 % interval is a percentile bootstrap over episodes (seeded per agent, so a
+report is reproducible and an agent's interval does not depend on the others). Two agents are
+compared (`pairwise_tests`, Table 7's claims) per milestone by Fisher's exact test, two-sided —
+exact at any count, where most milestones have a handful of successes — and on the score by the
+bootstrap interval of the difference. Both treat the two agents' episodes as independent
+samples and so ignore that the played agents share their world seeds: conservative when a
+world makes both agents succeed or fail together.
 """
 
 from __future__ import annotations
@@ -127,20 +128,19 @@ def time_to_milestone(
 
 
 def _successes(episodes: pd.DataFrame, agent: str) -> np.ndarray:
-    """(episodes, 22) bool: which achievements each of `agent`'s episodes reached."""
-    counts = episodes.loc[
-        episodes["agent"] == agent, [f"achievement_{a}" for a in CRAFTER_ACHIEVEMENTS]
-    ]
+    """(episodes, 22) bool: which achievements each of `agent`'s episodes reached (count ≥ 1,
+    as `success_table` counts a success)."""
+    columns = [f"achievement_{a}" for a in CRAFTER_ACHIEVEMENTS]
+    counts = episodes.loc[episodes["agent"] == agent, columns]
     if counts.empty:
         raise ValueError(f"no episodes of agent {agent!r}")
     return counts.to_numpy() >= 1
 
 
 def _bootstrap_scores(reached: np.ndarray, resamples: int, rng: np.random.Generator) -> Any:
-    """Crafter scores of `resamples` resamples (with replacement) of the episodes' rows."""
+    """Crafter scores (resamples,) of resamples (with replacement) of the episodes' rows."""
     rows = rng.integers(0, len(reached), size=(resamples, len(reached)))
-    rates = 100.0 * reached[rows].mean(axis=1)  # (resamples, 22)
-    return np.exp(np.log1p(rates).mean(axis=1)) - 1.0
+    return crafter_score(100.0 * reached[rows].mean(axis=1))
 
 
 def score_interval(
@@ -148,11 +148,11 @@ def score_interval(
 ) -> pd.DataFrame:
     """Per agent (its label): `score` and its 95 % percentile-bootstrap interval `ci_low`,
     `ci_high`, from `resamples` resamples of its episodes."""
-    rng = np.random.default_rng(seed)
     rows = {}
     for agent in dict.fromkeys(episodes["agent"]):
         reached = _successes(episodes, agent)
-        boot = _bootstrap_scores(reached, resamples, rng)
+        # a generator per agent: its interval does not depend on which agents came before
+        boot = _bootstrap_scores(reached, resamples, np.random.default_rng(seed))
         score = crafter_score(100.0 * reached.mean(axis=0))
         rows[labels.get(agent, agent)] = (score, *np.percentile(boot, [2.5, 97.5]))
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["score", "ci_low", "ci_high"])
