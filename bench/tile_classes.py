@@ -36,7 +36,7 @@ def class_table(tokenizer: Path, data: Path, sequences: int) -> pd.DataFrame:
     frames = fixed_batch(EpisodeSequences(data, spec), sequences, HELDOUT_SEED)[0]["frames"]
     out = model(frames, mask=False)
     recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
-    target = model.unpatchify(out["target"])
+    target = model.pixels(frames)
     tiles = classifier(frames.shape[-2])
     real, seen = tiles.view(target).flatten(), tiles.view(recon).flatten()
     rows = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamer4.stages.train_tokenizer import TokenizerJob
 from dreamer4.tokenizer import (
     Tokenizer,
     TokenizerConfig,
@@ -46,6 +47,27 @@ def test_shapes_bottleneck_range_and_mae_masks() -> None:
     rates = out["drop"].float().mean(-1)  # per image p ~ U(0, 0.9)
     assert rates.max() <= 1.0 and rates.std() > 0
     assert torch.equal(model.unpatchify(model.patchify(frames())), frames().float() / 127.5 - 1)
+
+
+def test_a_patch_grid_that_does_not_divide_the_frame_leaves_a_learned_margin() -> None:
+    """Patch 5 on 16 pixels (Crafter: 7 on 64): 3×3 patches from the top-left corner; the last
+    pixel row and column are the learned `margin`, and the stage's loss trains it."""
+    torch.manual_seed(0)
+    model = Tokenizer(replace(CFG, patch=5))
+    x = frames()
+    patches = model.patchify(x)
+    assert patches.shape == (2, 5, 9, 75)
+    assert torch.equal(patches[0, 0, 4].reshape(5, 5, 3), x[0, 0, 5:10, 5:10].float() / 127.5 - 1)
+    with torch.no_grad():
+        model.margin.fill_(0.25)
+    images = model.unpatchify(patches)
+    assert images.shape == (2, 5, 16, 16, 3)
+    assert torch.equal(images[:, :, :15, :15], model.pixels(x)[:, :, :15, :15])
+    assert (images[:, :, 15] == 0.25).all() and (images[:, :, :, 15] == 0.25).all()
+    job = TokenizerJob(replace(CFG, patch=5, lpips_weight=0.0), Path(), Path(), 1, 0.0)
+    job.loss(model, {"frames": x, "independent": None})["loss"].backward()
+    assert model.margin.grad[15].abs().sum() > 0 and model.margin.grad[:, 15].abs().sum() > 0
+    assert model.margin.grad[:15, :15].abs().sum() == 0  # inside the grid the patches decide
 
 
 def test_changing_frame_t_plus_1_leaves_latents_up_to_t_unchanged() -> None:
@@ -155,8 +177,9 @@ def test_the_config_reaches_both_transformers_and_checks_the_patch_grid() -> Non
     assert (t.width, t.depth, t.heads, t.kv_heads, t.time_every, t.softcap) == (32, 3, 2, 1, 1, 7.0)
     model = Tokenizer(cfg)
     assert model.encoder.cfg == cfg.transformer(2) and model.decoder.cfg == cfg.transformer(2)
-    with pytest.raises(ValueError, match="resolution 18 is not a multiple of patch 4"):
-        Tokenizer(replace(CFG, resolution=18))
+    with pytest.raises(ValueError, match=r"patch 20 must be in 1..resolution \(16\)"):
+        Tokenizer(replace(CFG, patch=20))
+    assert not hasattr(Tokenizer(CFG), "margin")  # a dividing grid: no parameter for nothing
 
 
 def test_learned_inputs_start_small_and_masks_are_not_saved() -> None:

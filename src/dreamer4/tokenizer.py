@@ -17,6 +17,12 @@ with decay `rms_decay`, kept per rank, and divide by its square root, without gr
 Both transformers are causal in time, so encoding frame by frame with a KV cache gives the
 latents the world model sees at play time; `Tokenizer.encode_stream` does exactly that, with
 the context limited to the `sequence` length the tokenizer was trained on.
+
+Patch grid: `patch` need not divide the resolution. The grid of ⌊H/p⌋² patches is anchored at
+the top-left corner and the pixels past it (the margin) are decoded as a learned constant
+image. Why: Crafter draws its view as 7-pixel tiles from the top-left of a 64-pixel frame and
+leaves the last row and column black, so `patch: 7` gives one patch per tile, and each patch
+is one texture instead of a different slice of up to four at each of 8-pixel patches' phases.
 """
 
 from __future__ import annotations
@@ -54,8 +60,13 @@ class TokenizerConfig:
     sequence: int = 4  # frames per training sequence = the encoder's context at encode time
 
     @property
+    def grid(self) -> int:
+        """Patches per side; they cover the top-left grid·patch pixels."""
+        return self.resolution // self.patch
+
+    @property
     def patches(self) -> int:
-        return (self.resolution // self.patch) ** 2
+        return self.grid**2
 
     def transformer(self, depth: int) -> TransformerConfig:
         return TransformerConfig(
@@ -71,8 +82,8 @@ class TokenizerConfig:
 class Tokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        if cfg.resolution % cfg.patch:
-            raise ValueError(f"resolution {cfg.resolution} is not a multiple of patch {cfg.patch}")
+        if not 0 < cfg.patch <= cfg.resolution:
+            raise ValueError(f"patch {cfg.patch} must be in 1..resolution ({cfg.resolution})")
         self.cfg = cfg
         pixels = cfg.patch * cfg.patch * 3
         p, n = cfg.patches, cfg.latents
@@ -86,6 +97,8 @@ class Tokenizer(nn.Module):
         self.patch_queries = nn.Parameter(torch.randn(p, cfg.width) * 0.02)
         self.decoder = SpaceTimeTransformer(cfg.transformer(cfg.decoder_depth))
         self.to_pixels = nn.Linear(cfg.width, pixels)
+        if cfg.resolution % cfg.patch:  # pixels outside the patch grid: a learned constant
+            self.margin = nn.Parameter(torch.zeros(cfg.resolution, cfg.resolution, 3))
         groups = [("patch", p), ("latent", n)]
         self.register_buffer(
             "encoder_mask",
@@ -101,20 +114,32 @@ class Tokenizer(nn.Module):
         self.lpips_norm = RunningRMS(cfg.rms_decay)
 
     # -- pixels <-> patches --------------------------------------------------------------------
+    @staticmethod
+    def pixels(frames: Tensor) -> Tensor:
+        """(…, H, W, 3) uint8 → floats in [-1, 1]: the frames reconstructions are scored on."""
+        return frames.float() / 127.5 - 1.0
+
     def patchify(self, frames: Tensor) -> Tensor:
-        """(B, T, H, W, 3) uint8 → (B, T, P, p·p·3) in [-1, 1]."""
-        p = self.cfg.patch
-        x = frames.float() / 127.5 - 1.0
-        b, t, h, w, c = x.shape
-        x = x.reshape(b, t, h // p, p, w // p, p, c).permute(0, 1, 2, 4, 3, 5, 6)
-        return x.reshape(b, t, (h // p) * (w // p), p * p * c)
+        """(B, T, H, W, 3) uint8 → (B, T, P, p·p·3) in [-1, 1]; the margin is left out."""
+        p, g = self.cfg.patch, self.cfg.grid
+        x = self.pixels(frames[:, :, : g * p, : g * p])
+        b, t, _, _, c = x.shape
+        x = x.reshape(b, t, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return x.reshape(b, t, g * g, p * p * c)
 
     def unpatchify(self, patches: Tensor) -> Tensor:
-        """(B, T, P, p·p·3) in [-1, 1] → (B, T, H, W, 3) floats in [-1, 1]."""
-        p, r = self.cfg.patch, self.cfg.resolution
+        """(B, T, P, p·p·3) in [-1, 1] → (B, T, H, W, 3) floats in [-1, 1], the margin filled
+        with the learned constant."""
+        p, g = self.cfg.patch, self.cfg.grid
         b, t = patches.shape[:2]
-        x = patches.reshape(b, t, r // p, r // p, p, p, 3).permute(0, 1, 2, 4, 3, 5, 6)
-        return x.reshape(b, t, r, r, 3)
+        x = patches.reshape(b, t, g, g, p, p, 3).permute(0, 1, 2, 4, 3, 5, 6)
+        x = x.reshape(b, t, g * p, g * p, 3)
+        if g * p == self.cfg.resolution:
+            return x
+        margin = self.margin.to(x.dtype)
+        right = margin[: g * p, g * p :].expand(b, t, -1, -1, -1)
+        bottom = margin[g * p :].expand(b, t, -1, -1, -1)
+        return torch.cat([torch.cat([x, right], 3), bottom], 2)
 
     # -- encoder / decoder ---------------------------------------------------------------------
     def encode_patches(

@@ -195,13 +195,13 @@ class WorldModelJob(Job):
             tok = load_tokenizer(self.tokenizer_dir)[0].to(batch["latents"].device)
             c, h = self.rollout["context"], self.rollout["horizon"]
             latents = batch["latents"].float()
-            real = tok.unpatchify(tok.patchify(batch["frames"][:, c:]))
+            real = tok.pixels(batch["frames"][:, c:])
 
             def decode(z: Any) -> Any:  # frame by frame with the decoder's cache, as at play
                 frames = tok.unpatchify(tok.decode_stream(torch.cat([latents[:, :c], z], 1)))
                 return frames[:, c:].float().clamp(-1, 1)
 
-            last = tok.unpatchify(tok.patchify(batch["frames"][:, c - 1 : c])).expand_as(real)
+            last = tok.pixels(batch["frames"][:, c - 1 : c]).expand_as(real)
             rows = {
                 # decoded real latents: the upper bound
                 **self.fidelity("tokenizer", decode(latents[:, c:]), real),

@@ -75,13 +75,14 @@ class TokenizerJob(Job):
     def loss(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
 
         out = model(batch["frames"], batch["independent"])
-        recon, target = out["recon"].float(), out["target"]
+        # whole frames, so the margin outside a patch grid that does not divide them is learned
+        recon, target = model.unpatchify(out["recon"].float()), model.pixels(batch["frames"])
         mse = (recon - target).pow(2).mean()
         terms = {"mse": mse}
         loss = model.mse_norm(mse)
         if self.cfg.lpips_weight > 0:
             lpips = self.lpips(recon.device)
-            pair = [to_images(model.unpatchify(x)) for x in (recon, target)]
+            pair = [to_images(x) for x in (recon, target)]
             if (size := pair[0].shape[-1]) < lpips.min_size:  # upsample frames too small for it
                 scale = -(-lpips.min_size // size)
                 pair = [F.interpolate(x, scale_factor=scale, mode="nearest") for x in pair]
@@ -111,7 +112,7 @@ class TokenizerJob(Job):
         frames = self.heldout(next(model.parameters()).device)
         out = model(frames, mask=False)
         recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
-        target = model.unpatchify(out["target"])
+        target = model.pixels(frames)
         world = round(target.shape[2] * WORLD_ROWS)
         metrics = {
             "tokenizer/psnr_heldout": psnr(recon, target).mean().item(),
@@ -140,6 +141,7 @@ class TokenizerJob(Job):
         shown = torch.where(drop[..., None], torch.zeros_like(target), target)
         columns = [target, plain.float(), shown, masked.float()]
         images = [model.unpatchify(c)[:, 0].clamp(-1, 1) for c in columns]
+        images[0] = model.pixels(frames[:, 0])  # the real frame, margin included
         grid = torch.cat([torch.cat(list(img), 0) for img in images], 1)  # rows × columns
         pixels = ((grid + 1) * 127.5).round().byte().cpu().numpy()
         scale = max(1, 128 // frames.shape[2])
