@@ -14,6 +14,7 @@ from dreamer4.eval.report import comparison_display
 from dreamer4.eval.tables import (
     episode_rows,
     headline_table,
+    mcnemar_exact,
     pairwise_tests,
     score_interval,
     success_table,
@@ -115,6 +116,35 @@ def test_pairwise_tests_fisher_and_score_difference():
     assert 0 < score["ci_low"] < score["difference"] < score["ci_high"]
     same = rows.loc[("B", "C", "score")]
     assert same["ci_low"] < 0 < same["ci_high"]  # identical agents: the interval spans 0
+
+
+def test_paired_test_matches_worlds_by_seed_and_counts_only_discordant_worlds():
+    # 20 shared worlds: a wins a table on 0–11, b on 0–3 and on 19 (b's rows in another order)
+    a = episode_rows(
+        "a",
+        [
+            {"length": 5, "reward": 0.0, "seed": w, "achievement_place_table": int(w < 12)}
+            for w in range(20)
+        ],
+    )
+    b = episode_rows("b", [{"length": 5, "reward": 0.0, "seed": w,
+                            "achievement_place_table": int(w < 4 or w == 19)}
+                           for w in reversed(range(20))])  # fmt: skip
+    tests = pairwise_tests(pd.concat([a, b]), [("a", "b")], ("place_table",), {})
+    row = tests.set_index("measure").loc["place_table"]
+    # discordant worlds: 8 only a (4–11), 1 only b (19): 2·P(X ≤ 1), X ~ Bin(9, 1/2)
+    assert row["p_paired"] == pytest.approx(2 * (comb(9, 0) + comb(9, 1)) / 2**9)
+    assert row["p_value"] == pytest.approx(_fisher_two_sided(12, 20, 5, 20))
+    assert row["p_paired"] < 0.05 < row["p_value"]  # shared worlds: the paired test sees more
+    assert "McNemar" in row["test"]
+    assert mcnemar_exact(np.ones(5, bool), np.ones(5, bool)) == 1.0  # no discordant world
+    # seeds that do not match (or are unknown): no paired test
+    other = b.assign(seed=b["seed"] + 100)
+    unpaired = pairwise_tests(pd.concat([a, other]), [("a", "b")], ("place_table",), {})
+    assert np.isnan(unpaired.set_index("measure").loc["place_table", "p_paired"])
+    assert "McNemar" not in unpaired["test"].iloc[-1]
+    shown = comparison_display(tests).loc["a", "place_table"]
+    assert shown == f"60 vs 25 (p {row['p_value']:.2g}, paired {row['p_paired']:.2g}*)"
 
 
 def test_score_interval_is_seeded_and_covers_the_score():

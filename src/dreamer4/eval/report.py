@@ -94,7 +94,8 @@ def _html_table(table: pd.DataFrame) -> str:
 
 def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
     """`tables.pairwise_tests` as one row per pair: the score difference with its interval,
-    then per milestone "rate vs rate (p)"; milestones neither agent reached are left out."""
+    then per milestone "rate vs rate (p Fisher, paired p McNemar)", * below 5 %; milestones
+    neither agent reached are left out."""
     rows = []
     for (a, b), group in tests.groupby(["agent", "versus"], sort=False):
         row: dict[str, str] = {"agent": a, "versus": b}
@@ -102,8 +103,10 @@ def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
             if t.measure == "score":
                 row["score"] = f"{t.difference:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
             elif t.value or t.versus_value:
-                star = "*" if t.p_value < 0.05 else ""
-                row[t.measure] = f"{t.value:.0f} vs {t.versus_value:.0f} (p {t.p_value:.2g}{star})"
+                ps = {"p": t.p_value, "paired": t.p_paired}
+                ps = {k: v for k, v in ps.items() if not np.isnan(v)}
+                shown = [f"{k} {v:.2g}{'*' if v < 0.05 else ''}" for k, v in ps.items()]
+                row[t.measure] = f"{t.value:.0f} vs {t.versus_value:.0f} ({', '.join(shown)})"
         rows.append(row)
     measures = [m for m in dict.fromkeys(tests["measure"]) if any(m in r for r in rows)]
     table = pd.DataFrame(rows).reindex(columns=["agent", "versus", *measures])  # tech-tree order
@@ -315,8 +318,9 @@ class Report:
                 "Table 7's claims: pairwise tests",
                 comparison_display(tests),
                 note="score: difference of Crafter scores [95 % bootstrap interval]; "
-                "milestones (those either agent reached): success rates in % and p of Fisher's "
-                "exact test, two-sided (* below 0.05).",
+                "milestones (those either agent reached): success rates in %, p of Fisher's "
+                "exact test and, paired by world seed, of McNemar's exact test, both two-sided "
+                "(* below 0.05).",
             )
         self.add("Success per milestone, 95 % intervals", image=self.success_plot(success))
         steps = timing[list(self.milestones)]

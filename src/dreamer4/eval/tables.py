@@ -11,11 +11,16 @@ achievements sit; Wilson's stays inside and is not empty at 0 successes.
 The Crafter score (a geometric mean of 1 + rate over 22 rates, minus 1) has no closed-form
 interval: its 95 % interval is a percentile bootstrap over episodes (seeded per agent, so a
 report is reproducible and an agent's interval does not depend on the others). Two agents are
-compared (`pairwise_tests`, Table 7's claims) per milestone by Fisher's exact test, two-sided —
-exact at any count, where most milestones have a handful of successes — and on the score by the
-bootstrap interval of the difference. Both treat the two agents' episodes as independent
-samples and so ignore that the played agents share their world seeds: conservative when a
-world makes both agents succeed or fail together.
+compared (`pairwise_tests`, Table 7's claims) per milestone by two exact two-sided tests, exact
+at any count, where most milestones have a handful of successes:
+- `p_paired`, McNemar's exact test (a binomial test on the worlds where exactly one of the two
+  agents succeeded): the evaluation plays every agent on the same world seeds, so the episodes
+  come in pairs, and a world that makes both succeed or both fail says nothing about which is
+  better. This is the test the report's claims are judged by.
+- `p_value`, Fisher's exact test, which treats the two agents' episodes as independent samples
+  (the only choice where the seeds do not match, e.g. against recorded data).
+The score is compared by the bootstrap interval of the difference (episodes resampled
+independently: conservative where worlds make both agents succeed or fail together).
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import fisher_exact
+from scipy.stats import binomtest, fisher_exact
 
 from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
 from dreamer4.eval.crafter_score import crafter_score
 
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
 # the columns of `pairwise_tests`
-TEST_COLUMNS = tuple(
-    "agent versus measure value versus_value difference ci_low ci_high p_value test".split()
+TEST_COLUMNS = (
+    *"agent versus measure value versus_value difference".split(),
+    *"ci_low ci_high p_value p_paired test".split(),
 )
 
 
@@ -137,6 +143,28 @@ def _successes(episodes: pd.DataFrame, agent: str) -> np.ndarray:
     return counts.to_numpy() >= 1
 
 
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar p of paired successes `a`, `b` (bool, same worlds in the same
+    order): a binomial test at 1/2 on the discordant pairs; 1 when there are none."""
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def _paired_rows(episodes: pd.DataFrame, a: str, b: str) -> tuple[Any, Any] | None:
+    """Row positions of `a`'s and `b`'s episodes on the same world seeds, in one order; None
+    unless both played exactly the same set of distinct, known seeds."""
+    sa = episodes.loc[episodes["agent"] == a, "seed"].reset_index(drop=True)
+    sb = episodes.loc[episodes["agent"] == b, "seed"].reset_index(drop=True)
+    if sa.isna().any() or sb.isna().any() or not (sa.is_unique and sb.is_unique):
+        return None
+    if set(sa) != set(sb):
+        return None
+    where = pd.Series(sb.index, index=sb.values)
+    return np.arange(len(sa)), where.loc[sa.values].to_numpy()
+
+
 def _bootstrap_scores(reached: np.ndarray, resamples: int, rng: np.random.Generator) -> Any:
     """Crafter scores (resamples,) of resamples (with replacement) of the episodes' rows."""
     rows = rng.integers(0, len(reached), size=(resamples, len(reached)))
@@ -172,7 +200,8 @@ def pairwise_tests(
     played: `agent`, `versus` (labels), `measure` ("score" or a milestone), `value`,
     `versus_value` (score, or success rate in %), `difference`, then for the score the 95 %
     bootstrap interval of the difference (`ci_low`, `ci_high`), for a milestone Fisher's
-    exact two-sided `p_value`; `test` names it."""
+    exact two-sided `p_value` and, where both agents played the same world seeds, McNemar's
+    exact two-sided `p_paired` (NaN otherwise); `test` names them."""
     present = set(episodes["agent"])
     index = {m: CRAFTER_ACHIEVEMENTS.index(m) for m in milestones}
     rows = []
@@ -187,12 +216,18 @@ def pairwise_tests(
         low, high = np.percentile(boot, [2.5, 97.5])
         rows.append({**pair, "measure": "score", "value": sa, "versus_value": sb,
                      "difference": sa - sb, "ci_low": low, "ci_high": high, "p_value": np.nan,
+                     "p_paired": np.nan,
                      "test": "bootstrap 95 % interval of the difference"})  # fmt: skip
+        paired = _paired_rows(episodes, a, b)
+        test = "Fisher's exact, two-sided" + (
+            "; McNemar's exact, two-sided, paired by world seed" if paired else ""
+        )
         for m, j in index.items():
             ka, kb = int(ra[:, j].sum()), int(rb[:, j].sum())
             _, p = fisher_exact([[ka, len(ra) - ka], [kb, len(rb) - kb]], "two-sided")
+            pp = mcnemar_exact(ra[paired[0], j], rb[paired[1], j]) if paired else np.nan
             va, vb = 100.0 * ka / len(ra), 100.0 * kb / len(rb)
             rows.append({**pair, "measure": m, "value": va, "versus_value": vb,
                          "difference": va - vb, "ci_low": np.nan, "ci_high": np.nan,
-                         "p_value": float(p), "test": "Fisher's exact, two-sided"})  # fmt: skip
+                         "p_value": float(p), "p_paired": pp, "test": test})  # fmt: skip
     return pd.DataFrame(rows, columns=list(TEST_COLUMNS))

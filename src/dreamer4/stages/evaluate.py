@@ -25,11 +25,11 @@ Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agen
 per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` reads it);
 `episodes.parquet` (one row per episode, `eval/tables.py`); `success.csv`, `headline.csv`,
 `time_to_milestone.csv`, `scores.csv` (Crafter score with its 95 % bootstrap interval) and
-`comparisons.csv` (Table 7's claims tested pairwise, `COMPARISONS`: Fisher's exact test per
-milestone, the score difference's bootstrap interval); plots and clips (`success.png`,
-`training.png`, `real_game.gif`, `imagination.gif`, `world_model.gif`). DVC metrics
-`metrics/evaluate/metrics.json` (`eval/<agent>/score`, `…/return`, `…/length`, `…/<milestone>`
-success in %) and plot `metrics/evaluate/milestones.tsv`.
+`comparisons.csv` (Table 7's claims tested pairwise, `COMPARISONS`: Fisher's and, paired by
+world seed, McNemar's exact tests per milestone, the score difference's bootstrap interval);
+plots and clips (`success.png`, `training.png`, `real_game.gif`, `imagination.gif`,
+`world_model.gif`). DVC metrics `metrics/evaluate/metrics.json` (`eval/<agent>/score`,
+`…/return`, `…/length`, `…/<milestone>` success in %) and plot `metrics/evaluate/milestones.tsv`.
 
 With `env: minerl` (the `minecraft` profile) every agent plays Minecraft instead, through MineRL
 1.0 and the adapter `envs/minerl_env.py` (`evaluate_minecraft`, `eval/minecraft_play.py`): the
