@@ -121,7 +121,11 @@ class Tokenizer(nn.Module):
 
     def patchify(self, frames: Tensor) -> Tensor:
         """(B, T, H, W, 3) uint8 → (B, T, P, p·p·3) in [-1, 1]; the margin is left out."""
-        p, g = self.cfg.patch, self.cfg.grid
+        p, g, r = self.cfg.patch, self.cfg.grid, self.cfg.resolution
+        if tuple(frames.shape[-3:-1]) != (r, r):  # else the crop below would hide the mismatch
+            raise ValueError(
+                f"frames of {tuple(frames.shape[-3:-1])} pixels; this tokenizer takes {r}×{r}"
+            )
         x = self.pixels(frames[:, :, : g * p, : g * p])
         b, t, _, _, c = x.shape
         x = x.reshape(b, t, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)

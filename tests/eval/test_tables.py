@@ -144,7 +144,10 @@ def test_paired_test_matches_worlds_by_seed_and_counts_only_discordant_worlds():
     assert np.isnan(unpaired.set_index("measure").loc["place_table", "p_paired"])
     assert "McNemar" not in unpaired["test"].iloc[-1]
     shown = comparison_display(tests).loc["a", "place_table"]
-    assert shown == f"60 vs 25 (p {row['p_value']:.2g}, paired {row['p_paired']:.2g}*)"
+    # only the judged (paired) test is starred, though Fisher's p is shown too
+    assert shown == f"60 vs 25 (Fisher {row['p_value']:.2g}, McNemar {row['p_paired']:.2g}*)"
+    fisher_only = comparison_display(unpaired).loc["a", "place_table"]
+    assert fisher_only == f"60 vs 25 (Fisher {row['p_value']:.2g})"
 
 
 def test_score_interval_is_seeded_and_covers_the_score():
@@ -178,6 +181,7 @@ def test_comparison_display_keeps_reached_milestones_in_tech_tree_order():
     assert list(shown.columns) == ["versus", "score", "collect_stone", "collect_coal"]
     row = shown.loc["b"]
     assert row["versus"] == "a"
-    assert row["collect_coal"].startswith("97 vs 0 (p ") and row["collect_coal"].endswith("*)")
-    assert row["collect_stone"].startswith("3 vs 100 (p ") and row["collect_stone"].endswith("*)")
+    coal, stone = row["collect_coal"], row["collect_stone"]
+    assert coal.startswith("97 vs 0 (Fisher ") and coal.endswith("*)")  # no seeds: Fisher judges
+    assert stone.startswith("3 vs 100 (Fisher ") and stone.endswith("*)")
     assert re.fullmatch(r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]", row["score"])

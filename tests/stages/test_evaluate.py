@@ -98,6 +98,11 @@ def test_report_has_every_agent_and_stats_crafter_reads(
     assert set(zip(tests["agent"], tests["versus"], strict=True)) == pairs
     assert len(tests) == len(COMPARISONS) * (1 + len(MILESTONES))
     assert tests["p_value"].dropna().between(0, 1).all()
+    milestones = tests[tests["measure"] != "score"]  # every agent played the same worlds: paired
+    assert (
+        milestones["p_paired"].between(0, 1).all()
+        and milestones["test"].str.contains("McNemar").all()
+    )
     assert "## Table 7's claims: pairwise tests" in report
     assert re.search(r"\n\| Dreamer 4 +\| +BC \| +[-+]\d", report)  # a row with its score
     scores = pd.read_csv(out / "scores.csv", index_col=0)

@@ -94,8 +94,9 @@ def _html_table(table: pd.DataFrame) -> str:
 
 def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
     """`tables.pairwise_tests` as one row per pair: the score difference with its interval,
-    then per milestone "rate vs rate (p Fisher, paired p McNemar)", * below 5 %; milestones
-    neither agent reached are left out."""
+    then per milestone "rate vs rate (Fisher p, McNemar p)"; * marks p < 0.05 of the test the
+    claims are judged by (McNemar's where the worlds pair up, else Fisher's) and only that one,
+    so a reader cannot pick whichever is lower. Milestones neither agent reached are left out."""
     rows = []
     for (a, b), group in tests.groupby(["agent", "versus"], sort=False):
         row: dict[str, str] = {"agent": a, "versus": b}
@@ -103,9 +104,12 @@ def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
             if t.measure == "score":
                 row["score"] = f"{t.difference:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
             elif t.value or t.versus_value:
-                ps = {"p": t.p_value, "paired": t.p_paired}
+                ps = {"Fisher": t.p_value, "McNemar": t.p_paired}
                 ps = {k: v for k, v in ps.items() if not np.isnan(v)}
-                shown = [f"{k} {v:.2g}{'*' if v < 0.05 else ''}" for k, v in ps.items()]
+                judged = list(ps)[-1]
+                shown = [
+                    f"{k} {v:.2g}{'*' if k == judged and v < 0.05 else ''}" for k, v in ps.items()
+                ]
                 row[t.measure] = f"{t.value:.0f} vs {t.versus_value:.0f} ({', '.join(shown)})"
         rows.append(row)
     measures = [m for m in dict.fromkeys(tests["measure"]) if any(m in r for r in rows)]
@@ -319,8 +323,8 @@ class Report:
                 comparison_display(tests),
                 note="score: difference of Crafter scores [95 % bootstrap interval]; "
                 "milestones (those either agent reached): success rates in %, p of Fisher's "
-                "exact test and, paired by world seed, of McNemar's exact test, both two-sided "
-                "(* below 0.05).",
+                "exact test and, paired by world seed, of McNemar's exact test, both two-sided; "
+                "* marks p < 0.05 of the test the claims are judged by (McNemar's, else Fisher's).",
             )
         self.add("Success per milestone, 95 % intervals", image=self.success_plot(success))
         steps = timing[list(self.milestones)]
