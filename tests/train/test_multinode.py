@@ -84,8 +84,12 @@ def test_two_nodes_of_one_rank_learn_what_one_node_of_two_ranks_learns(
     assert config_a["train"].pop("nproc") == 2 and config_b["train"].pop("nproc") == 1
     assert config_a["train"] == config_b["train"]  # the rendezvous is not how it learned
     assert a.keys() == b.keys()
+    # float32 noise only: the gradient all-reduce runs in another order over TCP between two
+    # nodes than in shared memory within one (measured: at most 1.7e-6 after the 4 steps),
+    # while any real divergence (e.g. summed instead of averaged gradients) moves a weight by
+    # about one Adam step: lr 5e-5 to 2e-4 in these 4 warm-up steps (1e-3 · k / 20)
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-6), name
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
     start = ckpt.load_exported(tmp_path / "one" / "out", ema=True)[0]
     assert any(not torch.equal(start[k], a[k]) for k in a)  # it trained (EMA lags the weights)
 
