@@ -104,9 +104,9 @@ def comparison_display(tests: pd.DataFrame) -> pd.DataFrame:
             if t.measure == "score":
                 row["score"] = f"{t.difference:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
             elif t.value or t.versus_value:
-                ps = {"Fisher": t.p_value, "McNemar": t.p_paired}
-                ps = {k: v for k, v in ps.items() if not np.isnan(v)}
-                judged = list(ps)[-1]
+                paired = not np.isnan(t.p_paired)
+                ps = {"Fisher": t.p_value, **({"McNemar": t.p_paired} if paired else {})}
+                judged = "McNemar" if paired else "Fisher"
                 shown = [
                     f"{k} {v:.2g}{'*' if k == judged and v < 0.05 else ''}" for k, v in ps.items()
                 ]

@@ -152,17 +152,16 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def _paired_rows(episodes: pd.DataFrame, a: str, b: str) -> tuple[Any, Any] | None:
-    """Row positions of `a`'s and `b`'s episodes on the same world seeds, in one order; None
-    unless both played exactly the same set of distinct, known seeds."""
-    sa = episodes.loc[episodes["agent"] == a, "seed"].reset_index(drop=True)
-    sb = episodes.loc[episodes["agent"] == b, "seed"].reset_index(drop=True)
+def _paired_order(episodes: pd.DataFrame, a: str, b: str) -> np.ndarray | None:
+    """Row positions of `b`'s episodes that put them on `a`'s world seeds in `a`'s order (so
+    `_successes(b)[order]` pairs with `_successes(a)`); None unless both played exactly the same
+    set of distinct, known seeds."""
+    sa, sb = (episodes.loc[episodes["agent"] == x, "seed"].reset_index(drop=True) for x in (a, b))
     if sa.isna().any() or sb.isna().any() or not (sa.is_unique and sb.is_unique):
         return None
     if set(sa) != set(sb):
         return None
-    where = pd.Series(sb.index, index=sb.values)
-    return np.arange(len(sa)), where.loc[sa.values].to_numpy()
+    return pd.Series(sb.index, index=sb.values).loc[sa.values].to_numpy()
 
 
 def _bootstrap_scores(reached: np.ndarray, resamples: int, rng: np.random.Generator) -> Any:
@@ -218,14 +217,14 @@ def pairwise_tests(
                      "difference": sa - sb, "ci_low": low, "ci_high": high, "p_value": np.nan,
                      "p_paired": np.nan,
                      "test": "bootstrap 95 % interval of the difference"})  # fmt: skip
-        paired = _paired_rows(episodes, a, b)
+        order = _paired_order(episodes, a, b)
         test = "Fisher's exact, two-sided" + (
-            "; McNemar's exact, two-sided, paired by world seed" if paired else ""
+            "; McNemar's exact, two-sided, paired by world seed" if order is not None else ""
         )
         for m, j in index.items():
             ka, kb = int(ra[:, j].sum()), int(rb[:, j].sum())
             _, p = fisher_exact([[ka, len(ra) - ka], [kb, len(rb) - kb]], "two-sided")
-            pp = mcnemar_exact(ra[paired[0], j], rb[paired[1], j]) if paired else np.nan
+            pp = mcnemar_exact(ra[:, j], rb[order, j]) if order is not None else np.nan
             va, vb = 100.0 * ka / len(ra), 100.0 * kb / len(rb)
             rows.append({**pair, "measure": m, "value": va, "versus_value": vb,
                          "difference": va - vb, "ci_low": np.nan, "ci_high": np.nan,
