@@ -7,7 +7,9 @@ context as the sampler sees it (τ_ctx, d_min) and only the last frame at a chos
 τ (d = d_min), and reports, per τ, the last frame's x-prediction error with the true and with
 shuffled actions (the same derangement and noise as the stage's ratio). Rows are also split by
 whether the true action was a move: in Crafter a successful move shifts the whole view one tile,
-so a model that follows the actions must be hurt most there.
+so a model that follows the actions must be hurt most there. `error_copy_last` is the error of
+repeating the previous frame's latents: a model that predicts a frame after a non-move worse
+than that has not learned to carry the scene forward.
 
     python bench/shuffle_by_noise.py --world-model models/world_model --latents data/latents \
         --episodes data/episodes --tokenizer models/tokenizer
@@ -35,7 +37,8 @@ MOVES = {CRAFTER_ACTIONS.index(a) for a in CRAFTER_ACTIONS if a.startswith("move
 
 @torch.no_grad()
 def table(world_model: Path, latents: Path, episodes: Path, tokenizer: Path) -> pd.DataFrame:
-    """One row per (τ, rows: all / move / other): mean last-frame error true vs shuffled."""
+    """One row per (τ, rows: all / move / other): mean last-frame error true vs shuffled, and
+    of copying the previous frame."""
     config = read_config(world_model, CONFIG, "dreamer4 train-dynamics")["model"]
     model_cfg, shortcut = DynamicsConfig(**config["model"]), ShortcutConfig(**config["shortcut"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +56,7 @@ def table(world_model: Path, latents: Path, episodes: Path, tokenizer: Path) -> 
     shuffled = {k: v[order] for k, v in actions.items()}
     last = actions["crafter"][:, -1]
     moved = torch.tensor([int(a) in MOVES for a in last])
+    copy_last = (z1[:, -2] - z1[:, -1]).pow(2).flatten(1).mean(1)
     d_min, tau_ctx = 1.0 / model_cfg.k_max, context_level(shortcut.context_noise, model_cfg.k_max)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(z1.shape, generator=gen)
@@ -72,7 +76,8 @@ def table(world_model: Path, latents: Path, episodes: Path, tokenizer: Path) -> 
                 true, shuf = errors["true"][mask].mean(), errors["shuffled"][mask].mean()
                 rows.append({"tau": level, "rows": part, "windows": int(mask.sum()),
                              "error_true": float(true), "error_shuffled": float(shuf),
-                             "ratio": float(shuf / true)})  # fmt: skip
+                             "ratio": float(shuf / true),
+                             "error_copy_last": float(copy_last[mask].mean())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
