@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dreamer4.envs.crafter_env import make_env
+from dreamer4.episodes.actions import CRAFTER_ACTIONS
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted, prompt_indices
 from tests.eval.test_agent_player import _player
 
@@ -59,8 +60,11 @@ def test_plain_crafter_episode_ends_by_its_length():
     env = make_env(1, length=15)
     stats = play_prompted(env, _player(0.1), [0, 1], TASKS, max_steps=100)
     assert stats["length"] == 15
-    assert all(k == "length" or k == "reward" or k == "first_step" or k.startswith("achievement_")
+    assert all(k in ("length", "reward", "first_step", "actions") or k.startswith("achievement_")
                for k in stats)  # fmt: skip
+    # every step is one action, counted by its Crafter name
+    assert sum(stats["actions"].values()) == 15
+    assert set(stats["actions"]) <= set(CRAFTER_ACTIONS)
 
 
 def test_a_copied_world_plays_like_a_fresh_reset():

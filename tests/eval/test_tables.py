@@ -12,6 +12,7 @@ import pytest
 from dreamer4.eval.crafter_score import crafter_score
 from dreamer4.eval.report import comparison_display
 from dreamer4.eval.tables import (
+    action_table,
     episode_rows,
     headline_table,
     mcnemar_exact,
@@ -69,6 +70,27 @@ def test_tables_from_hand_made_episodes():
     assert timing.loc["Agent A", "place_table"] == pytest.approx(15.0)
     assert np.isnan(timing.loc["Agent B", "collect_wood"])
     assert timing.loc["Agent B", "n/place_table"] == 0
+
+
+def test_action_table_weights_episodes_by_their_steps():
+    a = [
+        {"length": 10, "reward": 0.0, "actions": {"sleep": 2, "noop": 8}},
+        {"length": 30, "reward": 0.0, "actions": {"do": 30}},
+    ]
+    b = [{"length": 4, "reward": 0.0, "actions": {"noop": 1, "move_left": 3}}]
+    recorded = [{"length": 50, "reward": 0.0}]  # no action counts: left out, not zeros
+    episodes = pd.concat(
+        [episode_rows("a", a), episode_rows("b", b), episode_rows("rec", recorded)],
+        ignore_index=True,
+    )
+    table = action_table(episodes, LABELS)
+    assert list(table.columns) == ["Agent A", "Agent B"]
+    assert table.index[0] == "noop" and len(table) == 17
+    assert table.loc["sleep", "Agent A"] == pytest.approx(5.0)  # 2 of 40 steps, not of 2 means
+    assert table.loc["do", "Agent A"] == pytest.approx(75.0)
+    assert table.loc["move_left", "Agent B"] == pytest.approx(75.0)
+    assert table.sum().to_numpy() == pytest.approx(100.0)
+    assert action_table(episode_rows("rec", recorded), LABELS) is None
 
 
 def _agent(name: str, wood: int, table: int, n: int) -> pd.DataFrame:

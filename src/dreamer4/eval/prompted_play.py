@@ -4,7 +4,11 @@ The agent is prompted with the first milestone of the tech tree it has not reach
 environment reports that achievement, the prompt moves on to the next one (the paper's
 Minecraft agent is steered the same way). The episode's Crafter stats line (`length`,
 `reward`, `achievement_<name>` counts — Crafter's StatsRecorder format) gets the step at which
-each achievement was first reached, for the time-to-milestone table (paper Table 8).
+each achievement was first reached, for the time-to-milestone table (paper Table 8), and
+`actions`: how often each Crafter action was taken. Why the actions: Crafter's score counts
+achievements a player reaches by chance (a random player wakes up in 94 % of its episodes, as any
+press of `sleep` once energy dips starts a short nap), so a policy that drops an action loses
+them, whatever its prompt; the report's action table shows it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamer4.episodes.actions import CRAFTER_ACTIONS
 from dreamer4.episodes.episode import resize_frame
 from dreamer4.eval.agent_player import AgentPlayer, RandomPlayer
 
@@ -48,7 +53,8 @@ def play_prompted(
     obs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One episode of `env` (a Crafter env, reset here) with `player`; its stats line plus
-    `first_step`: achievement → the step it was first reached (1 = by the first action).
+    `first_step`: achievement → the step it was first reached (1 = by the first action), and
+    `actions`: action name → times taken (those taken at least once).
 
     size: the player sees observations resized to size×size as `ingest` resizes the training
     data (None: as rendered). frames: if given, every observation as rendered is appended.
@@ -76,6 +82,7 @@ def play_prompted_batch(
     player.reset()
     n = len(envs)
     counts: list[dict[str, int]] = [{} for _ in range(n)]
+    taken = np.zeros((n, len(CRAFTER_ACTIONS)), dtype=np.int64)
     first: list[dict[str, int]] = [{} for _ in range(n)]
     stage, reward, length = [0] * n, [0.0] * n, [0] * n
     current = list(obs)
@@ -91,7 +98,9 @@ def play_prompted_batch(
         name = next(iter(action))
         ended = []
         for row, i in enumerate(running):
-            current[i], r, done, info = envs[i].step(int(action[name][row]))
+            chosen = int(action[name][row])
+            taken[i, chosen] += 1
+            current[i], r, done, info = envs[i].step(chosen)
             length[i] += 1
             reward[i] += float(r)
             for k, v in info["achievements"].items():
@@ -114,5 +123,6 @@ def play_prompted_batch(
         stats: dict[str, Any] = {"length": length[i], "reward": round(reward[i], 1)}
         stats.update({f"achievement_{k}": v for k, v in sorted(counts[i].items())})
         stats["first_step"] = first[i]
+        stats["actions"] = {a: int(c) for a, c in zip(CRAFTER_ACTIONS, taken[i], strict=True) if c}
         out.append(stats)
     return out

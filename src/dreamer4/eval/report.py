@@ -302,6 +302,7 @@ class Report:
         settings: dict[str, Any],
         scores: pd.DataFrame | None = None,
         tests: pd.DataFrame | None = None,
+        actions: pd.DataFrame | None = None,
     ) -> None:
         chain = " → ".join(self.milestones)
         self.add(
@@ -358,6 +359,14 @@ class Report:
             wide,
             note="% of episodes, [95 % Wilson interval]",
         )
+        if actions is not None:
+            self.add(
+                "Actions",
+                actions,
+                note="% of each agent's steps given to each action (agents that played). "
+                "Some achievements come by chance from an action (wake_up: any `sleep` once "
+                "energy dips), so an agent that stops taking it loses them from its score.",
+            )
         self.add(
             "World model: held-out rollouts",
             self.world_model_table(),

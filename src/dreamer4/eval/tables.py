@@ -2,7 +2,9 @@
 
 Every table derives from one frame of episodes, one row per episode played (or recorded):
 `agent`, `episode`, `seed`, `length`, `reward`, `achievement_<name>` (Crafter's counts) and
-`first/<name>` (the step at which the achievement was first reached, NaN if never).
+`first/<name>` (the step at which the achievement was first reached, NaN if never) and
+`action/<name>` (times each Crafter action was taken; NaN for episodes that did not count them,
+as the recorded behaviour data's).
 
 Success rates carry a 95% Wilson score interval: with tens of episodes per agent, the normal
 approximation's interval leaves [0, 100] % at rates near 0 or 100 %, where most Crafter
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 
-from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS
+from dreamer4.episodes.actions import CRAFTER_ACHIEVEMENTS, CRAFTER_ACTIONS
 from dreamer4.eval.crafter_score import crafter_score
 
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
@@ -55,10 +57,11 @@ def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = Z95) -> tup
 
 def episode_rows(agent: str, stats: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The episodes frame of one agent from stats lines (Crafter's format, plus optional
-    `seed` and `first_step`: achievement → step)."""
+    `seed`, `first_step`: achievement → step, and `actions`: action → count)."""
     rows = []
     for i, s in enumerate(stats):
         first = s.get("first_step") or {}
+        actions = s.get("actions")
         row: dict[str, Any] = {
             "agent": agent,
             "episode": i,
@@ -69,6 +72,8 @@ def episode_rows(agent: str, stats: Iterable[Mapping[str, Any]]) -> pd.DataFrame
         for name in CRAFTER_ACHIEVEMENTS:
             row[f"achievement_{name}"] = int(s.get(f"achievement_{name}", 0))
             row[f"first/{name}"] = float(first[name]) if name in first else np.nan
+        for name in CRAFTER_ACTIONS:
+            row[f"action/{name}"] = np.nan if actions is None else float(actions.get(name, 0))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -113,6 +118,24 @@ def headline_table(
         table[m] = rates.loc[order, m]
     table.index = [labels.get(a, a) for a in order]
     table.index.name = "agent"
+    return table
+
+
+def action_table(episodes: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame | None:
+    """Share of steps (%) each agent spent on each Crafter action: one row per action, one
+    column per agent (its label) that counted its actions; None if none did. A policy's habits
+    show here where the score hides them (RL that stops pressing `sleep` loses `wake_up`)."""
+    columns = [f"action/{a}" for a in CRAFTER_ACTIONS]
+    counted = episodes.dropna(subset=columns)
+    if counted.empty:
+        return None
+    grouped = counted.groupby("agent", sort=False)
+    steps = grouped[columns].sum()
+    shares = 100.0 * steps.div(steps.sum(axis=1), axis=0)
+    table = shares.T
+    table.index = list(CRAFTER_ACTIONS)
+    table.index.name = "action"
+    table.columns = [labels.get(a, a) for a in table.columns]
     return table
 
 

@@ -24,7 +24,8 @@ deterministic per seed (`envs/crafter_env.py`).
 Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`
 per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` reads it);
 `episodes.parquet` (one row per episode, `eval/tables.py`); `success.csv`, `headline.csv`,
-`time_to_milestone.csv`, `scores.csv` (Crafter score with its 95 % bootstrap interval) and
+`time_to_milestone.csv`, `actions.csv` (the share of steps each played agent gave each action),
+`scores.csv` (Crafter score with its 95 % bootstrap interval) and
 `comparisons.csv` (Table 7's claims tested pairwise, `COMPARISONS`: Fisher's and, paired by
 world seed, McNemar's exact tests per milestone, the score difference's bootstrap interval);
 plots and clips (`success.png`, `training.png`, `real_game.gif`, `imagination.gif`,
@@ -67,6 +68,7 @@ from dreamer4.eval.agent_player import RandomPlayer, episode_generator, model_pl
 from dreamer4.eval.prompted_play import MILESTONES, play_prompted_batch, prompt_indices
 from dreamer4.eval.report import Report
 from dreamer4.eval.tables import (
+    action_table,
     episode_rows,
     headline_table,
     pairwise_tests,
@@ -96,6 +98,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("wm_bc", "random"),
     ("dreamer4", "random"),
 )
+# what the played agents' stats lines carry beyond Crafter's StatsRecorder format (in
+# episodes.parquet, not in <agent>/stats.jsonl)
+EXTRAS = ("first_step", "actions")
 _WORKER: dict[str, Any] = {}  # per worker process: loaded players and the env
 
 
@@ -433,19 +438,30 @@ def _write_report(
     with staged_folder(out, "report.md", "an evaluation report") as tmp:
         for a in order:
             (tmp / a).mkdir()
-            lines = [{k: v for k, v in s.items() if k != "first_step"} for s in stats[a]]
+            lines = [{k: v for k, v in s.items() if k not in EXTRAS} for s in stats[a]]
             (tmp / a / "stats.jsonl").write_text("".join(json.dumps(s) + "\n" for s in lines))
         episodes.to_parquet(tmp / "episodes.parquet", index=False)
         success.to_csv(tmp / "success.csv", index=False, float_format="%.2f")
         headline.to_csv(tmp / "headline.csv", float_format="%.2f")
         timing.to_csv(tmp / "time_to_milestone.csv", float_format="%.1f")
+        actions = action_table(episodes, AGENTS)
+        if actions is not None:
+            actions.to_csv(tmp / "actions.csv", float_format="%.2f")
         scores = score_interval(episodes, AGENTS)
         tests = pairwise_tests(episodes, COMPARISONS, MILESTONES, AGENTS)
         scores.to_csv(tmp / "scores.csv", float_format="%.3f")
         tests.to_csv(tmp / "comparisons.csv", index=False, float_format="%.4g")
         report = Report(tmp, metrics_root, AGENTS, MILESTONES)
         report.write(
-            headline, success, timing, clips, folders.get("imagination"), context, scores, tests
+            headline,
+            success,
+            timing,
+            clips,
+            folders.get("imagination"),
+            context,
+            scores,
+            tests,
+            actions,
         )
 
 
