@@ -6,7 +6,10 @@ says how often each agent chose each action in the real game. This prints, per a
 share of imagined steps under each policy and its share of real steps for WM+BC and Dreamer 4,
 then one action's share per prompted task. An action RL pushes out of
 imagination (e.g. `sleep`, whose reward, if any, lies past the imagined horizon) should drop
-in the real game too, and with it the achievements it gives by chance (`wake_up`).
+in the real game too, and with it the achievements it gives by chance (`wake_up`). The two
+sides are prompted differently: an imagined rollout with the task its context's data reaches
+next (often not a milestone: `wake_up`, `collect_drink`), the real game along the tech tree;
+so compare the change from prior to trained on each side, and the per-task table.
 
     python bench/policy_habits.py --imagination data/imagination --report reports/eval
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dreamer4.episodes.actions import CRAFTER_ACTIONS
+from dreamer4.stages.evaluate import AGENTS
 
 
 def imagined_shares(rollouts: pd.DataFrame) -> pd.DataFrame:
@@ -56,7 +60,7 @@ def main() -> None:
     real = args.report / "actions.csv"
     if real.is_file():
         shares = pd.read_csv(real, index_col=0)
-        for label in ("WM+BC", "Dreamer 4"):
+        for label in (AGENTS["behaviour"], AGENTS["wm_bc"], AGENTS["dreamer4"]):
             if label in shares:
                 table[f"real, {label}"] = shares[label]
     pd.set_option("display.width", 200)

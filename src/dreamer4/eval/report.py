@@ -363,9 +363,9 @@ class Report:
             self.add(
                 "Actions",
                 actions,
-                note="% of each agent's steps given to each action (agents that played). "
-                "Some achievements come by chance from an action (wake_up: any `sleep` once "
-                "energy dips), so an agent that stops taking it loses them from its score.",
+                note="% of each agent's steps given to each action (as chosen). Some "
+                "achievements come by chance from an action (wake_up: any `sleep` once energy "
+                "dips), so an agent that stops choosing it loses them from its score.",
             )
         self.add(
             "World model: held-out rollouts",

@@ -2,9 +2,9 @@
 
 Every table derives from one frame of episodes, one row per episode played (or recorded):
 `agent`, `episode`, `seed`, `length`, `reward`, `achievement_<name>` (Crafter's counts) and
-`first/<name>` (the step at which the achievement was first reached, NaN if never) and
-`action/<name>` (times each Crafter action was taken; NaN for episodes that did not count them,
-as the recorded behaviour data's).
+`first/<name>` (the step at which the achievement was first reached, NaN if never), and
+`actions/<name>` (times each Crafter action was chosen; NaN for episodes that did not count
+them).
 
 Success rates carry a 95% Wilson score interval: with tens of episodes per agent, the normal
 approximation's interval leaves [0, 100] % at rates near 0 or 100 %, where most Crafter
@@ -73,7 +73,7 @@ def episode_rows(agent: str, stats: Iterable[Mapping[str, Any]]) -> pd.DataFrame
             row[f"achievement_{name}"] = int(s.get(f"achievement_{name}", 0))
             row[f"first/{name}"] = float(first[name]) if name in first else np.nan
         for name in CRAFTER_ACTIONS:
-            row[f"action/{name}"] = np.nan if actions is None else float(actions.get(name, 0))
+            row[f"actions/{name}"] = np.nan if actions is None else float(actions.get(name, 0))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,11 +123,12 @@ def headline_table(
 
 def action_table(episodes: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame | None:
     """Share of steps (%) each agent spent on each Crafter action: one row per action, one
-    column per agent (its label) that counted its actions; None if none did. A policy's habits
-    show here where the score hides them (RL that stops pressing `sleep` loses `wake_up`)."""
-    columns = [f"action/{a}" for a in CRAFTER_ACTIONS]
+    column per agent (its label) that counted its actions; None if none did (or no steps). A
+    policy's habits show here where the score hides them (RL that stops pressing `sleep` loses
+    `wake_up`)."""
+    columns = [f"actions/{a}" for a in CRAFTER_ACTIONS]
     counted = episodes.dropna(subset=columns)
-    if counted.empty:
+    if counted.empty or counted["length"].sum() == 0:
         return None
     grouped = counted.groupby("agent", sort=False)
     steps = grouped[columns].sum()

@@ -24,7 +24,7 @@ deterministic per seed (`envs/crafter_env.py`).
 Folder (`reports/eval/`): `report.md` and a self-contained `report.html`; `<agent>/stats.jsonl`
 per agent (Crafter's StatsRecorder format: `dreamer4 score reports/eval/bc` reads it);
 `episodes.parquet` (one row per episode, `eval/tables.py`); `success.csv`, `headline.csv`,
-`time_to_milestone.csv`, `actions.csv` (the share of steps each played agent gave each action),
+`time_to_milestone.csv`, `actions.csv` (the share of steps each agent gave each action),
 `scores.csv` (Crafter score with its 95 % bootstrap interval) and
 `comparisons.csv` (Table 7's claims tested pairwise, `COMPARISONS`: Fisher's and, paired by
 world seed, McNemar's exact tests per milestone, the score difference's bootstrap interval);
@@ -98,8 +98,8 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("wm_bc", "random"),
     ("dreamer4", "random"),
 )
-# what the played agents' stats lines carry beyond Crafter's StatsRecorder format (in
-# episodes.parquet, not in <agent>/stats.jsonl)
+# keys of the stats lines kept out of <agent>/stats.jsonl (they are in episodes.parquet):
+# nested dicts that Crafter's StatsRecorder format does not have (`seed`, a number, stays)
 EXTRAS = ("first_step", "actions")
 _WORKER: dict[str, Any] = {}  # per worker process: loaded players and the env
 
@@ -168,10 +168,13 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue  # not a Crafter recording (e.g. VPT actions): no achievements to count
         counts: dict[str, int] = {}
         first: dict[str, int] = {}
+        actions: dict[str, int] = {}
         for t, line in enumerate(lines):
             for name in line.get("achievements") or []:
                 counts[name] = counts.get(name, 0) + 1
                 first.setdefault(name, t + 1)  # line t holds what action t unlocked
+            if line.get("action"):  # the terminal line's is null
+                actions[line["action"]] = actions.get(line["action"], 0) + 1
         options = path.with_name(f"{path.stem}-options.json")
         seed = json.loads(options.read_text()).get("world_seed") if options.is_file() else None
         stats.append(
@@ -181,6 +184,7 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 **{f"achievement_{k}": v for k, v in sorted(counts.items())},
                 "seed": seed,
                 "first_step": first,
+                "actions": actions,
             }
         )
     return stats, skipped
