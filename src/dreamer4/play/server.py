@@ -13,8 +13,10 @@ page: `hello` (modes, tasks, keymap, tick rate), `frame` (a PNG data URL and the
 Bounded: at most `max_sessions` sessions (one more gets an `error` saying so and a close with
 code 1013, "try again later"); each session ticks on a fixed clock in a worker thread, so the
 event loop stays free for other pages, and sends through a queue of `send_queue` frames that
-drops the oldest when a page reads slowly, so a slow client costs frames, not memory. A closed
-socket frees its session; Ctrl-C stops the server, the sessions with it.
+drops the oldest when a page reads slowly, so a slow client costs frames, not memory. A new
+world (a page opening, or its reset) is made in worker processes (`play/worlds.py`), so a page
+that opens does not stop the others' frames. A closed socket frees its session; Ctrl-C stops
+the server, the sessions with it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from dreamer4.eval.tile_accuracy import classifier
 from dreamer4.files import read_config
 from dreamer4.params import Settings
-from dreamer4.play.session import KEYMAP, MODES, PlayError, PlayModels, PlaySession, load_models
+from dreamer4.play.session import (
+    KEYMAP,
+    MODES,
+    PlayError,
+    PlayModels,
+    PlaySession,
+    load_models,
+)
+from dreamer4.play.worlds import WorldFactory, WorldMaker
 from dreamer4.train.checkpoint import CONFIG
 
 PAGE = Path(__file__).with_name("page.html")
@@ -89,6 +99,11 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
     cores = threads or os.cpu_count() or 1
     workers = max(1, min(cfg.max_sessions, cores))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="play")
+    # A new world (a page opening, or its reset) is made in worker processes (play/worlds.py),
+    # and sessions open and close on their own threads, never in the tick pool: a page that
+    # opens costs the others a core for a moment, not their frames.
+    make_world = WorldFactory(cores)
+    starter = ThreadPoolExecutor(max_workers=cfg.max_sessions, thread_name_prefix="play-start")
     classifier(cfg.size)  # the tile classifier of side by side, built once before any page
     page = PAGE.read_text()
 
@@ -120,7 +135,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
         session: PlaySession | None = None
         tasks: list[asyncio.Task] = []
         try:
-            session = await loop.run_in_executor(pool, _new_session, models, cfg)
+            session = await loop.run_in_executor(starter, _new_session, models, cfg, make_world)
             await ws.send_text(json.dumps(_hello(models, cfg)))
             queue: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.send_queue)
             tasks = [
@@ -146,13 +161,15 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
                     await task
             if session is not None:  # keep what the person played
                 with suppress(Exception):
-                    await loop.run_in_executor(pool, session.close)
+                    await loop.run_in_executor(starter, session.close)
             counters.sessions -= 1
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         yield
         pool.shutdown(wait=True, cancel_futures=True)
+        starter.shutdown(wait=True, cancel_futures=True)
+        make_world.close()
 
     return Starlette(
         routes=[Route("/", index), Route("/status", status), WebSocketRoute("/ws", play)],
@@ -160,7 +177,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
     )
 
 
-def _new_session(models: PlayModels, cfg: PlayConfig) -> PlaySession:
+def _new_session(models: PlayModels, cfg: PlayConfig, make_world: WorldMaker) -> PlaySession:
     return PlaySession(
         models,
         cfg.inbox,
@@ -169,6 +186,7 @@ def _new_session(models: PlayModels, cfg: PlayConfig) -> PlaySession:
         size=cfg.size,
         record_steps=cfg.record_steps,
         min_steps=cfg.min_steps,
+        make_world=make_world,
     )
 
 
