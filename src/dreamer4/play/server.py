@@ -102,7 +102,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
     # A new world (a page opening, or its reset) is made in worker processes (play/worlds.py),
     # and sessions open and close on their own threads, never in the tick pool: a page that
     # opens costs the others a core for a moment, not their frames.
-    make_world = WorldFactory(cores)
+    make_world = WorldFactory(workers)
     starter = ThreadPoolExecutor(max_workers=cfg.max_sessions, thread_name_prefix="play-start")
     classifier(cfg.size)  # the tile classifier of side by side, built once before any page
     page = PAGE.read_text()
@@ -135,7 +135,14 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
         session: PlaySession | None = None
         tasks: list[asyncio.Task] = []
         try:
-            session = await loop.run_in_executor(starter, _new_session, models, cfg, make_world)
+            try:
+                session = await loop.run_in_executor(starter, _new_session, models, cfg, make_world)
+            except Exception as err:  # a bug: the page is told, the server log has it
+                traceback.print_exception(err)
+                with suppress(Exception):
+                    await _send(ws, error=f"the session could not start: {err!r}")
+                    await ws.close(code=1011)
+                return
             await ws.send_text(json.dumps(_hello(models, cfg)))
             queue: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.send_queue)
             tasks = [
