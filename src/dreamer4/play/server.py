@@ -137,11 +137,8 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
         try:
             try:
                 session = await loop.run_in_executor(starter, _new_session, models, cfg, make_world)
-            except Exception as err:  # a bug: the page is told, the server log has it
-                traceback.print_exception(err)
-                with suppress(Exception):
-                    await _send(ws, error=f"the session could not start: {err!r}")
-                    await ws.close(code=1011)
+            except Exception as err:
+                await _fail(ws, "could not start", err)
                 return
             await ws.send_text(json.dumps(_hello(models, cfg)))
             queue: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.send_queue)
@@ -153,11 +150,8 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             failed = [t.exception() for t in done if not t.cancelled() and t.exception()]
             crash = [e for e in failed if not isinstance(e, WebSocketDisconnect | OSError)]
-            if crash:  # a bug: tell the page, close, keep the traceback in the server's log
-                traceback.print_exception(crash[0])
-                with suppress(Exception):
-                    await _send(ws, error=f"the session failed: {crash[0]!r}")
-                    await ws.close(code=1011)
+            if crash:
+                await _fail(ws, "failed", crash[0])
         except WebSocketDisconnect:
             pass
         finally:
@@ -212,6 +206,14 @@ def _hello(models: PlayModels, cfg: PlayConfig) -> dict[str, Any]:
 
 async def _send(ws: WebSocket, error: str) -> None:
     await ws.send_text(json.dumps({"type": "error", "message": error}))
+
+
+async def _fail(ws: WebSocket, what: str, err: BaseException) -> None:
+    """A bug: tell the page, close (1011), keep the traceback in the server's log."""
+    traceback.print_exception(err)
+    with suppress(Exception):
+        await _send(ws, error=f"the session {what}: {err!r}")
+        await ws.close(code=1011)
 
 
 async def _receive(ws: WebSocket, session: PlaySession) -> None:

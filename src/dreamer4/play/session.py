@@ -47,7 +47,6 @@ import torch
 from torch import Tensor
 
 from dreamer4.dynamics import Dynamics, load_world_model
-from dreamer4.envs.crafter_env import make_env, reseed
 from dreamer4.envs.play import PlayedEpisode, inventory_of
 from dreamer4.episodes.actions import CRAFTER_ACTIONS
 from dreamer4.episodes.crafter_format import write_crafter_episode
@@ -57,7 +56,7 @@ from dreamer4.eval.agent_player import AgentPlayer, model_player
 from dreamer4.eval.prompted_play import prompt_indices
 from dreamer4.eval.tile_accuracy import tile_accuracy
 from dreamer4.nn import KVCache
-from dreamer4.play.worlds import WorldMaker
+from dreamer4.play.worlds import WorldMaker, generate_world
 from dreamer4.shortcut import FrameSampler, ShortcutConfig
 from dreamer4.tokenizer import Tokenizer, load_tokenizer, psnr
 
@@ -162,12 +161,12 @@ class PlaySession:
         record_steps: int = 1000,
         seed: int | None = None,
         min_steps: int = 1,
-        make_world: WorldMaker | None = None,
+        make_world: WorldMaker = generate_world,
     ) -> None:
         """min_steps: shorter recordings are dropped, not saved (ingest would quarantine them
         below its `min_length`). make_world: (seed, size) → (env reset to that world, its first
-        observation), e.g. the server's `WorldFactory`; None: one env of this session's,
-        reseeded and reset in this thread."""
+        observation): in this thread by default, the server's `WorldFactory` in its
+        worker processes."""
         self.models, self.inbox, self.size = models, Path(inbox), size
         self.first_seed, self.worlds, self.record_steps = first_seed, worlds, record_steps
         self.min_steps = min_steps
@@ -177,7 +176,6 @@ class PlaySession:
         self.player = copy.copy(models.player)
         self.player.generator = self.generator
         self.make_world = make_world
-        self.env = make_env(first_seed, size=size) if make_world is None else None
         self.mode, self.agent_on = "game", False
         self.task = models.default_task
         self.pending: deque[int] = deque(maxlen=8)
@@ -205,11 +203,7 @@ class PlaySession:
         """A new held-out world (the game so far saved first); the dream, if shown, restarts."""
         self.save()
         self.world = self.first_seed + int(self.rng.integers(self.worlds))
-        if self.make_world is None:
-            reseed(self.env, self.world)
-            self.obs = self.env.reset()
-        else:
-            self.env, self.obs = self.make_world(self.world, self.size)
+        self.env, self.obs = self.make_world(self.world, self.size)
         self.counts = dict(self.env._player.achievements)
         self.unlocked: list[str] = []
         self.steps, self.episode_reward = 0, 0.0

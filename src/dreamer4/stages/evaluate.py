@@ -48,6 +48,7 @@ import copy
 import importlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,11 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue  # not a Crafter recording (e.g. VPT actions): no achievements to count
         counts: dict[str, int] = {}
         first: dict[str, int] = {}
-        actions: dict[str, int] = {}
         for t, line in enumerate(lines):
             for name in line.get("achievements") or []:
                 counts[name] = counts.get(name, 0) + 1
                 first.setdefault(name, t + 1)  # line t holds what action t unlocked
-            if line.get("action"):  # the terminal line's is null
-                actions[line["action"]] = actions.get(line["action"], 0) + 1
+        actions = Counter(line["action"] for line in lines if line.get("action"))  # last: null
         options = path.with_name(f"{path.stem}-options.json")
         seed = json.loads(options.read_text()).get("world_seed") if options.is_file() else None
         stats.append(
@@ -184,7 +183,7 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 **{f"achievement_{k}": v for k, v in sorted(counts.items())},
                 "seed": seed,
                 "first_step": first,
-                "actions": actions,
+                "actions": dict(actions),
             }
         )
     return stats, skipped
