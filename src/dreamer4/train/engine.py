@@ -260,6 +260,22 @@ class _StopFlag:
         self.signum = signum
 
 
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op when it starts a backend.
+
+    On the CPU accelerator `deepspeed.init_distributed` JIT-builds `deepspeed_shm_comm` (g++ and
+    ninja, into ~/.cache/torch_extensions): 40-70 s on a 2-core machine the first time, and again
+    whenever the venv's path changes (the build files name it). Only
+    `inference_all_reduce` (tensor-parallel inference) uses that op; training's all-reduces go
+    through torch.distributed (gloo) either way, so the build buys nothing here, and without it a
+    machine without a C++ toolchain trains too. DeepSpeed reads `ops.__compatible_ops__` before
+    building and keeps edits to it (deepspeed/ops/__init__.py).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def fit(job: Job, cfg: TrainConfig, paths: Paths, announce: bool) -> int:
     """Train on this rank until `cfg.steps`; save, export and return the exit status."""
     cuda = torch.cuda.is_available()
@@ -275,6 +291,7 @@ def fit(job: Job, cfg: TrainConfig, paths: Paths, announce: bool) -> int:
     # step" warning at initialize, and a deprecation warning it triggers on every step.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+    skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     trainer = Trainer(job, cfg, paths, cuda)
     try:
