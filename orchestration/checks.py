@@ -1,4 +1,10 @@
-"""Asset checks: the great-expectations suites run again on what a stage materialized."""
+"""Asset checks: the great-expectations suites run again on what a stage materialized.
+
+The suites' modules (great-expectations, torch) are imported inside the checks, not at the
+top: every Dagster step process, the UI's code server and each `dagster` command load this code
+location, and those two imports were about 6 s of its 12 s load on a 2-core machine, paid by
+every step though only the three check steps use them.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from dreamer4.episodes.dataset import chunk_lengths
-from dreamer4.episodes.validation import episode_table, validate
 from dreamer4.params import load_profile
-from dreamer4.stages.encode import validate_latents
-from dreamer4.stages.imagine import validate_rollouts
 
 
 def _result(report: Any, **counts: int) -> dg.AssetCheckResult:
@@ -37,6 +39,9 @@ def episode_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetChe
     the frame chunk files), so a truncated chunk or an edited index fails the check.
     """
 
+    from dreamer4.episodes.dataset import chunk_lengths
+    from dreamer4.episodes.validation import episode_table, validate
+
     folder = repo_root / outs[0]
     steps = pd.read_parquet(folder / "steps.parquet")
     records = pd.read_parquet(folder / "episodes.parquet").set_index("episode")["actions"]
@@ -50,6 +55,8 @@ def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheck
     """The latents suite of `encode` on the files as they are on disk now: every latent
     finite and within [-1, 1], one per step, shapes as the tokenizer says."""
 
+    from dreamer4.stages.encode import validate_latents
+
     folder = repo_root / outs[0]
     shape = json.loads((folder / "latents.json").read_text())["shape"]
     report = validate_latents(folder, *shape)
@@ -59,6 +66,8 @@ def latent_tokens_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheck
 def imagination_dataset_suite(repo_root: Path, outs: tuple[str, ...]) -> dg.AssetCheckResult:
     """The imagination suite of `imagine` on the files on disk: all finite, rewards and values
     within the two-hot range of the heads, one row per rollout step."""
+
+    from dreamer4.stages.imagine import validate_rollouts
 
     folder = repo_root / outs[0]
     summary = json.loads((folder / "summary.json").read_text())

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -54,6 +57,22 @@ def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
         e.materialization.asset_key.path[-1]: e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
+
+
+def test_loading_the_code_location_imports_neither_torch_nor_great_expectations():
+    """Every step process and `dagster` command loads the definitions: the checks' heavy
+    imports belong in the checks (about 6 s of a 12 s load on 2 cores)."""
+    heavy = ("torch", "great_expectations", "deepspeed", "crafter")
+    code = (
+        "import sys, orchestration.definitions as d; "
+        f"assert d.defs; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "DREAMER4_REPO": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 def test_executor_is_dagsters_unless_the_cluster_asks(monkeypatch):
