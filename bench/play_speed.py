@@ -7,7 +7,12 @@ step, tokenizer encode, agent pass. Dream: K shortcut steps + one commit pass of
 decoder, agent pass. Side by side: both, plus PSNR and tile accuracy. Torch threads as the
 server sets them (all cores, or `--threads`).
 
-    python bench/play_speed.py [--profiles tiny small] [--ticks 100] [--threads 0]
+Then the wait a page sees at a reset or an episode's end, with the server's `WorldFactory`:
+a new Crafter world made then (seconds of world generation), against the one the session
+ordered at its last reset (`order_world`, made at low priority while the page played); each
+reset after 4 s of ticks at the page's 10 frames/s.
+
+    python bench/play_speed.py [--profiles tiny small] [--ticks 100] [--threads 0] [--resets 3]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dreamer4.eval.agent_player import AgentPlayer
 from dreamer4.params import load_profile
 from dreamer4.play.server import frame_message
 from dreamer4.play.session import MODES, PlayModels, PlaySession
+from dreamer4.play.worlds import WorldFactory
 from dreamer4.shortcut import ShortcutConfig
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig
 
@@ -69,11 +75,36 @@ def random_models(profile: str) -> PlayModels:
     )
 
 
+def reset_waits(models: PlayModels, resets: int) -> dict[str, list[float]]:
+    """Seconds each `reset()` took, with and without the next world ordered ahead."""
+    factory = WorldFactory(2)
+    waits = {}
+    try:
+        with tempfile.TemporaryDirectory() as inbox:
+            for label, order in (("made at the reset", None), ("ordered ahead", factory.later)):
+                session = PlaySession(
+                    models, Path(inbox), seed=0, make_world=factory, order_world=order
+                )
+                waits[label] = []
+                for _ in range(resets):
+                    for _ in range(40):
+                        session.tick()
+                        time.sleep(0.1)
+                    start = time.perf_counter()
+                    session.reset()
+                    waits[label].append(time.perf_counter() - start)
+                session.close()
+    finally:
+        factory.close()
+    return waits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--profiles", nargs="+", default=["tiny", "small"])
     p.add_argument("--ticks", type=int, default=100, help="timed ticks per mode")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--resets", type=int, default=3, help="timed resets each way (0: none)")
     args = p.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     print(f"{torch.get_num_threads()} torch threads, device cpu, batch 1")
@@ -99,6 +130,10 @@ def main() -> None:
         shown = ", ".join(f"{s:.2f}M" for s in sizes)
         cells = " | ".join(f"{r:.1f} frames/s" for r in rates)
         print(f"| `{profile}` | {shown} | {models.steps} | {cells} |", flush=True)
+    if args.resets:
+        waits = reset_waits(random_models(args.profiles[0]), args.resets)
+        for label, seconds in waits.items():
+            print(f"reset, next world {label}: " + ", ".join(f"{w:.2f} s" for w in seconds))
 
 
 if __name__ == "__main__":

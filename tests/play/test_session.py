@@ -3,7 +3,9 @@ agent at the keys, and games saved into the inbox in the raw format `ingest` rea
 
 from __future__ import annotations
 
+import copy
 import json
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from dreamer4.play.session import PlayError, PlaySession, load_models
+from dreamer4.play.worlds import generate_world
 from dreamer4.stages.ingest import ingest
 from orchestration.automation import inbox_fingerprint
 
@@ -48,6 +51,43 @@ def test_keys_are_read_as_crafters_gui_reads_them(models, tmp_path):
     for bad in ("q", "Enter"):
         with pytest.raises(PlayError, match="keymap"):
             s.key(bad, True)
+
+
+def test_a_reset_takes_the_world_ordered_ahead_in_the_seeds_a_plain_session_plays(models, tmp_path):
+    """With `order_world` each reset orders the next world and the next reset takes it ready
+    (no world made then), in the order of seeds a session without orders plays; an order not
+    ready is made at the reset, same seed, and closing cancels the order in waiting."""
+    env, obs = generate_world(2_000_000, 64)
+    made: list[int] = []
+    orders: dict[int, Future] = {}
+
+    def make(seed: int, size: int):
+        made.append(seed)
+        return copy.deepcopy(env), obs
+
+    def order(seed: int, size: int) -> Future:
+        orders[seed] = Future()
+        return orders[seed]
+
+    plain = new(models, tmp_path / "a", make_world=make)
+    plain.reset()
+    plain.reset()
+    seeds, made[:] = list(made), []
+    assert len(set(seeds)) == 3
+
+    s = new(models, tmp_path / "b", make_world=make, order_world=order)
+    assert made == seeds[:1] and list(orders) == seeds[1:2]
+    ready = copy.deepcopy(env)
+    orders[seeds[1]].set_result((ready, obs))
+    s.reset()
+    assert (s.world, made, list(orders)) == (seeds[1], seeds[:1], seeds[1:3])
+    assert s.env is ready  # the ordered world, taken as it was made
+    s.reset()  # the order for the third world is still waiting: made now, same seed
+    assert (s.world, made) == (seeds[2], [seeds[0], seeds[2]])
+    assert orders[seeds[2]].cancelled()
+    waiting = orders[list(orders)[-1]]
+    s.close()
+    assert waiting.cancelled() and len(orders) == 3
 
 
 def test_the_action_changes_the_next_frame_in_game_and_in_dream(models, tmp_path):

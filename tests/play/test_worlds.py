@@ -31,3 +31,17 @@ def test_a_world_from_a_worker_plays_as_one_made_here_and_a_dead_worker_is_repla
         )
     finally:
         factory.close()
+
+
+def test_an_order_is_made_at_the_lowest_priority_and_a_closed_factory_fails_it():
+    here = make_env(0, size=64)
+    reseed(here, 2_000_007)
+    factory = WorldFactory(1)
+    try:
+        env, obs = factory.later(2_000_007, 64).result(timeout=120)
+        np.testing.assert_array_equal(obs, here.reset())
+        assert factory.background.submit(os.nice, 0).result(timeout=60) == 19
+    finally:
+        factory.close()
+    late = factory.later(2_000_007, 64)  # the server is shutting down: the session makes it
+    assert isinstance(late.exception(timeout=5), RuntimeError)

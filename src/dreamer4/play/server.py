@@ -56,7 +56,7 @@ from dreamer4.play.session import (
     PlaySession,
     load_models,
 )
-from dreamer4.play.worlds import WorldFactory, WorldMaker
+from dreamer4.play.worlds import WorldFactory
 from dreamer4.train.checkpoint import CONFIG
 
 PAGE = Path(__file__).with_name("page.html")
@@ -101,8 +101,9 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="play")
     # A new world (a page opening, or its reset) is made in worker processes (play/worlds.py),
     # and sessions open and close on their own threads, never in the tick pool: a page that
-    # opens costs the others a core for a moment, not their frames.
-    make_world = WorldFactory(workers)
+    # opens costs the others a core for a moment, not their frames. Each session's next world
+    # is made ahead, at the lowest CPU priority, so a reset does not wait for one.
+    worlds = WorldFactory(workers)
     starter = ThreadPoolExecutor(max_workers=cfg.max_sessions, thread_name_prefix="play-start")
     classifier(cfg.size)  # the tile classifier of side by side, built once before any page
     page = PAGE.read_text()
@@ -136,7 +137,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
         tasks: list[asyncio.Task] = []
         try:
             try:
-                session = await loop.run_in_executor(starter, _new_session, models, cfg, make_world)
+                session = await loop.run_in_executor(starter, _new_session, models, cfg, worlds)
             except Exception as err:
                 await _fail(ws, "could not start", err)
                 return
@@ -170,7 +171,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
         yield
         pool.shutdown(wait=True, cancel_futures=True)
         starter.shutdown(wait=True, cancel_futures=True)
-        make_world.close()
+        worlds.close()
 
     return Starlette(
         routes=[Route("/", index), Route("/status", status), WebSocketRoute("/ws", play)],
@@ -178,7 +179,7 @@ def create_app(models: PlayModels, cfg: PlayConfig, threads: int = 0) -> Starlet
     )
 
 
-def _new_session(models: PlayModels, cfg: PlayConfig, make_world: WorldMaker) -> PlaySession:
+def _new_session(models: PlayModels, cfg: PlayConfig, worlds: WorldFactory) -> PlaySession:
     return PlaySession(
         models,
         cfg.inbox,
@@ -187,7 +188,8 @@ def _new_session(models: PlayModels, cfg: PlayConfig, make_world: WorldMaker) ->
         size=cfg.size,
         record_steps=cfg.record_steps,
         min_steps=cfg.min_steps,
-        make_world=make_world,
+        make_world=worlds,
+        order_world=worlds.later,
     )
 
 

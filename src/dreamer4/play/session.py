@@ -38,6 +38,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ from dreamer4.eval.agent_player import AgentPlayer, model_player
 from dreamer4.eval.prompted_play import prompt_indices
 from dreamer4.eval.tile_accuracy import tile_accuracy
 from dreamer4.nn import KVCache
-from dreamer4.play.worlds import WorldMaker, generate_world
+from dreamer4.play.worlds import WorldMaker, WorldOrder, generate_world
 from dreamer4.shortcut import FrameSampler, ShortcutConfig
 from dreamer4.tokenizer import Tokenizer, load_tokenizer, psnr
 
@@ -162,11 +163,13 @@ class PlaySession:
         seed: int | None = None,
         min_steps: int = 1,
         make_world: WorldMaker = generate_world,
+        order_world: WorldOrder | None = None,
     ) -> None:
         """min_steps: shorter recordings are dropped, not saved (ingest would quarantine them
         below its `min_length`). make_world: (seed, size) → (env reset to that world, its first
         observation): in this thread by default, the server's `WorldFactory` in its
-        worker processes."""
+        worker processes. order_world: (seed, size) → a future world; given, each reset orders
+        the next world (the same seed it would make then), so the next reset takes it ready."""
         self.models, self.inbox, self.size = models, Path(inbox), size
         self.first_seed, self.worlds, self.record_steps = first_seed, worlds, record_steps
         self.min_steps = min_steps
@@ -175,7 +178,8 @@ class PlaySession:
         self.generator = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
         self.player = copy.copy(models.player)
         self.player.generator = self.generator
-        self.make_world = make_world
+        self.make_world, self.order_world = make_world, order_world
+        self._upcoming: tuple[int, Future[tuple[Any, np.ndarray]]] | None = None
         self.mode, self.agent_on = "game", False
         self.task = models.default_task
         self.pending: deque[int] = deque(maxlen=8)
@@ -202,8 +206,7 @@ class PlaySession:
     def reset(self) -> None:
         """A new held-out world (the game so far saved first); the dream, if shown, restarts."""
         self.save()
-        self.world = self.first_seed + int(self.rng.integers(self.worlds))
-        self.env, self.obs = self.make_world(self.world, self.size)
+        self.world, self.env, self.obs = self._next_world()
         self.counts = dict(self.env._player.achievements)
         self.unlocked: list[str] = []
         self.steps, self.episode_reward = 0, 0.0
@@ -215,6 +218,24 @@ class PlaySession:
         self.dream_view: np.ndarray | None = None
         if self.mode != "game":
             self._start_dream()
+
+    def _next_world(self) -> tuple[int, Any, np.ndarray]:
+        """The next world in the session's order of seeds: the one ordered at the last reset
+        if it is ready, else made now (same seed); then the one after it is ordered."""
+        world = None
+        if self._upcoming is None:
+            seed = self.first_seed + int(self.rng.integers(self.worlds))
+        else:
+            (seed, order), self._upcoming = self._upcoming, None
+            if order.done() and order.exception() is None:
+                world = order.result()
+            else:  # not made yet (busy machine), or it failed: make it now
+                order.cancel()
+        env, obs = world if world is not None else self.make_world(seed, self.size)
+        if self.order_world is not None:
+            upcoming = self.first_seed + int(self.rng.integers(self.worlds))
+            self._upcoming = (upcoming, self.order_world(upcoming, self.size))
+        return seed, env, obs
 
     @torch.no_grad()
     def set_mode(self, mode: str) -> None:
@@ -301,6 +322,9 @@ class PlaySession:
         """The page went away: save what the person played (after a tick in flight)."""
         with self._busy:
             self.save()
+            if self._upcoming is not None:  # a world not started yet is not made
+                self._upcoming[1].cancel()
+                self._upcoming = None
 
     def tick(self) -> Tick:
         """Apply the controls requested since the last tick, then one step of the chosen mode

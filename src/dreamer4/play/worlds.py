@@ -4,15 +4,22 @@ Crafter's world generation is seconds of pure Python that holds the GIL: made in
 process it stops every page's frames (measured: 7 pages opening at once on 2 cores got no frame
 in 10 s). So the server makes worlds in worker processes; an env pickles in milliseconds. This
 module imports only Crafter, so a worker starts in a fraction of a second.
+
+A session also orders its *next* world while the current one is played (`WorldFactory.later`),
+so a reset or an episode's end does not wait seconds for one. Those orders run in one worker
+at the lowest CPU priority (nice 19): they use the cores only when pages opening now and the
+ticks leave them idle, and a page opening never queues behind another page's next world. An
+order not ready when it is needed is made then, at normal priority (the session does that).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -21,6 +28,8 @@ import numpy as np
 from dreamer4.envs.crafter_env import make_env
 
 WorldMaker = Callable[[int, int], tuple[Any, np.ndarray]]
+# (seed, size) → a future world: made in the background, read when the session needs it
+WorldOrder = Callable[[int, int], "Future[tuple[Any, np.ndarray]]"]
 
 
 def generate_world(seed: int, size: int) -> tuple[Any, np.ndarray]:
@@ -38,6 +47,9 @@ class WorldFactory:
         self.processes = processes
         self._lock = threading.Lock()
         self.pool = self._start()
+        self.background = ProcessPoolExecutor(
+            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_low_priority
+        )
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
@@ -48,6 +60,17 @@ class WorldFactory:
         for future in [pool.submit(_ready) for _ in range(self.processes)]:
             future.result()  # start the workers now, not when the first page opens
         return pool
+
+    def later(self, seed: int, size: int) -> Future[tuple[Any, np.ndarray]]:
+        """`generate_world` at the lowest CPU priority, for when it is needed (a `WorldOrder`).
+        A broken background worker or a closed factory shows in the future, never here: the
+        session then makes the world with `__call__`."""
+        try:
+            return self.background.submit(generate_world, seed, size)
+        except (BrokenProcessPool, RuntimeError) as err:
+            failed: Future[tuple[Any, np.ndarray]] = Future()
+            failed.set_exception(err)
+            return failed
 
     def __call__(self, seed: int, size: int) -> tuple[Any, np.ndarray]:
         pool = self.pool
@@ -67,6 +90,7 @@ class WorldFactory:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.background.shutdown(wait=True, cancel_futures=True)
 
 
 def _ready() -> bool:
@@ -76,3 +100,9 @@ def _ready() -> bool:
 def _ignore_ctrl_c() -> None:
     """Workers: Ctrl-C in the terminal is the server's to handle (it shuts the pool down)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _low_priority() -> None:
+    """The background worker: idle CPU only, and Ctrl-C left to the server."""
+    _ignore_ctrl_c()
+    os.nice(19)
