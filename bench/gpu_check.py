@@ -254,7 +254,7 @@ def train_part(setup: Setup, args: argparse.Namespace, report: Report) -> None:
 
     from dreamer4.stages.train_dynamics import WorldModelJob
     from dreamer4.train.config import deepspeed_config, resolve_precision
-    from dreamer4.train.engine import decay_groups
+    from dreamer4.train.engine import decay_groups, skip_shm_comm_build
     from dreamer4.train.launch import single_process_env
 
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
@@ -262,6 +262,8 @@ def train_part(setup: Setup, args: argparse.Namespace, report: Report) -> None:
     cfg = setup.train
     precision = resolve_precision(cfg.precision, device == "cuda")
     single_process_env()
+    if device != "cuda":
+        skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False)
     job = WorldModelJob(
         model_cfg=setup.dyn,

@@ -9,8 +9,10 @@ server sets them (all cores, or `--threads`).
 
 Then the wait a page sees at a reset or an episode's end, with the server's `WorldFactory`:
 a new Crafter world made then (seconds of world generation), against the one the session
-ordered at its last reset (`order_world`, made at low priority while the page played); each
-reset after 4 s of ticks at the page's 10 frames/s.
+ordered at its last reset (`order_world`, made at nice 19 while the page played); each reset
+after 40 Game ticks, 0.1 s apart. One page in Game mode leaves the cores mostly idle, so this
+is the best case: with pages busy on both cores an order can be late, and the reset then
+waits as long as without orders.
 
     python bench/play_speed.py [--profiles tiny small] [--ticks 100] [--threads 0] [--resets 3]
 """
@@ -78,7 +80,7 @@ def random_models(profile: str) -> PlayModels:
 def reset_waits(models: PlayModels, resets: int) -> dict[str, list[float]]:
     """Seconds each `reset()` took, with and without the next world ordered ahead."""
     factory = WorldFactory(2)
-    waits = {}
+    waits: dict[str, list[float]] = {}
     try:
         with tempfile.TemporaryDirectory() as inbox:
             for label, order in (("made at the reset", None), ("ordered ahead", factory.later)):
@@ -86,14 +88,16 @@ def reset_waits(models: PlayModels, resets: int) -> dict[str, list[float]]:
                     models, Path(inbox), seed=0, make_world=factory, order_world=order
                 )
                 waits[label] = []
-                for _ in range(resets):
-                    for _ in range(40):
-                        session.tick()
-                        time.sleep(0.1)
-                    start = time.perf_counter()
-                    session.reset()
-                    waits[label].append(time.perf_counter() - start)
-                session.close()
+                try:
+                    for _ in range(resets):
+                        for _ in range(40):
+                            session.tick()
+                            time.sleep(0.1)
+                        start = time.perf_counter()
+                        session.reset()
+                        waits[label].append(time.perf_counter() - start)
+                finally:
+                    session.close()
     finally:
         factory.close()
     return waits

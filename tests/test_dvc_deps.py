@@ -203,7 +203,7 @@ def test_a_stage_command_loads_only_code_in_its_closure():
     finally:
         for proc in procs.values():
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 @pytest.mark.parametrize("stage", ["finetune_agent", "imagine", "evaluate"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -39,8 +40,17 @@ def test_an_order_is_made_at_the_lowest_priority_and_a_closed_factory_fails_it()
     factory = WorldFactory(1)
     try:
         env, obs = factory.later(2_000_007, 64).result(timeout=120)
-        np.testing.assert_array_equal(obs, here.reset())
+        first = here.reset()
+        np.testing.assert_array_equal(obs, first)
         assert factory.background.submit(os.nice, 0).result(timeout=60) == 19
+        for pid in list(factory.background._processes):  # killed: the next order restarts it
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not factory.background._broken:
+            assert time.monotonic() < deadline, "the pool never saw its worker die"
+            time.sleep(0.05)
+        env, obs = factory.later(2_000_007, 64).result(timeout=120)
+        np.testing.assert_array_equal(obs, first)
     finally:
         factory.close()
     late = factory.later(2_000_007, 64)  # the server is shutting down: the session makes it

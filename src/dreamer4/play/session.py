@@ -224,18 +224,21 @@ class PlaySession:
         if it is ready, else made now (same seed); then the one after it is ordered."""
         world = None
         if self._upcoming is None:
-            seed = self.first_seed + int(self.rng.integers(self.worlds))
+            seed = self._draw_seed()
         else:
             (seed, order), self._upcoming = self._upcoming, None
-            if order.done() and order.exception() is None:
+            if order.done() and not order.cancelled() and order.exception() is None:
                 world = order.result()
-            else:  # not made yet (busy machine), or it failed: make it now
-                order.cancel()
+            else:  # not made yet (a busy machine), failed or cancelled: make it now
+                order.cancel()  # best effort: one already started is made and dropped
         env, obs = world if world is not None else self.make_world(seed, self.size)
         if self.order_world is not None:
-            upcoming = self.first_seed + int(self.rng.integers(self.worlds))
+            upcoming = self._draw_seed()
             self._upcoming = (upcoming, self.order_world(upcoming, self.size))
         return seed, env, obs
+
+    def _draw_seed(self) -> int:
+        return self.first_seed + int(self.rng.integers(self.worlds))
 
     @torch.no_grad()
     def set_mode(self, mode: str) -> None:
@@ -322,7 +325,7 @@ class PlaySession:
         """The page went away: save what the person played (after a tick in flight)."""
         with self._busy:
             self.save()
-            if self._upcoming is not None:  # a world not started yet is not made
+            if self._upcoming is not None:  # best effort: an order not started is not made
                 self._upcoming[1].cancel()
                 self._upcoming = None
 

@@ -29,7 +29,7 @@ from dreamer4.envs.crafter_env import make_env
 
 WorldMaker = Callable[[int, int], tuple[Any, np.ndarray]]
 # (seed, size) → a future world: made in the background, read when the session needs it
-WorldOrder = Callable[[int, int], "Future[tuple[Any, np.ndarray]]"]
+WorldOrder = Callable[[int, int], Future[tuple[Any, np.ndarray]]]
 
 
 def generate_world(seed: int, size: int) -> tuple[Any, np.ndarray]:
@@ -47,9 +47,7 @@ class WorldFactory:
         self.processes = processes
         self._lock = threading.Lock()
         self.pool = self._start()
-        self.background = ProcessPoolExecutor(
-            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_low_priority
-        )
+        self.background = self._start_background()
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
@@ -61,13 +59,25 @@ class WorldFactory:
             future.result()  # start the workers now, not when the first page opens
         return pool
 
+    @staticmethod
+    def _start_background() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=mp.get_context("spawn"), initializer=_low_priority
+        )
+
     def later(self, seed: int, size: int) -> Future[tuple[Any, np.ndarray]]:
         """`generate_world` at the lowest CPU priority, for when it is needed (a `WorldOrder`).
-        A broken background worker or a closed factory shows in the future, never here: the
-        session then makes the world with `__call__`."""
+        A background worker that died fails the orders it had (the session then makes those
+        worlds with `__call__`) and is started again at the next order; a closed factory fails
+        the order. Never raises."""
         try:
-            return self.background.submit(generate_world, seed, size)
-        except (BrokenProcessPool, RuntimeError) as err:
+            try:
+                return self.background.submit(generate_world, seed, size)
+            except BrokenProcessPool:
+                with self._lock:
+                    self.background = self._start_background()
+                return self.background.submit(generate_world, seed, size)
+        except RuntimeError as err:  # shut down (BrokenProcessPool is one too)
             failed: Future[tuple[Any, np.ndarray]] = Future()
             failed.set_exception(err)
             return failed

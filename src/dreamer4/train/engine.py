@@ -291,7 +291,8 @@ def fit(job: Job, cfg: TrainConfig, paths: Paths, announce: bool) -> int:
     # step" warning at initialize, and a deprecation warning it triggers on every step.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
-    skip_shm_comm_build()
+    if not cuda:
+        skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     trainer = Trainer(job, cfg, paths, cuda)
     try:
