@@ -15,7 +15,8 @@ code 1013, "try again later"); each session ticks on a fixed clock in a worker t
 event loop stays free for other pages, and sends through a queue of `send_queue` frames that
 drops the oldest when a page reads slowly, so a slow client costs frames, not memory. A new
 world (a page opening, or its reset) is made in worker processes (`play/worlds.py`), so a page
-that opens does not stop the others' frames. A closed socket frees its session; Ctrl-C stops
+that opens does not stop the others' frames; each session's next world is made ahead at low
+priority, so a reset does not wait for one. A closed socket frees its session; Ctrl-C stops
 the server, the sessions with it.
 """
 
