@@ -49,14 +49,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from dreamer4.eval.tile_accuracy import classifier
 from dreamer4.files import read_config
 from dreamer4.params import Settings
-from dreamer4.play.session import (
-    KEYMAP,
-    MODES,
-    PlayError,
-    PlayModels,
-    PlaySession,
-    load_models,
-)
+from dreamer4.play.session import KEYMAP, MODES, PlayError, PlayModels, PlaySession, load_models
 from dreamer4.play.worlds import WorldFactory
 from dreamer4.train.checkpoint import CONFIG
 

@@ -222,16 +222,14 @@ class PlaySession:
     def _next_world(self) -> tuple[int, Any, np.ndarray]:
         """The next world in the session's order of seeds: the one ordered at the last reset
         if it is ready, else made now (same seed); then the one after it is ordered."""
-        world = None
-        if self._upcoming is None:
-            seed = self._draw_seed()
-        else:
-            (seed, order), self._upcoming = self._upcoming, None
-            if order.done() and not order.cancelled() and order.exception() is None:
-                world = order.result()
-            else:  # not made yet (a busy machine), failed or cancelled: make it now
+        seed, order = self._upcoming or (self._draw_seed(), None)
+        self._upcoming = None
+        if order is not None and order.done() and not order.cancelled() and not order.exception():
+            env, obs = order.result()
+        else:  # no order, not made yet (a busy machine), failed or cancelled: make it now
+            if order is not None:
                 order.cancel()  # best effort: one already started is made and dropped
-        env, obs = world if world is not None else self.make_world(seed, self.size)
+            env, obs = self.make_world(seed, self.size)
         if self.order_world is not None:
             upcoming = self._draw_seed()
             self._upcoming = (upcoming, self.order_world(upcoming, self.size))

@@ -70,12 +70,14 @@ class WorldFactory:
         A background worker that died fails the orders it had (the session then makes those
         worlds with `__call__`) and is started again at the next order; a closed factory fails
         the order. Never raises."""
+        background = self.background
         try:
             try:
-                return self.background.submit(generate_world, seed, size)
+                return background.submit(generate_world, seed, size)
             except BrokenProcessPool:
                 with self._lock:
-                    self.background = self._start_background()
+                    if self.background is background:  # the first thread to see it restarts
+                        self.background = self._start_background()
                 return self.background.submit(generate_world, seed, size)
         except RuntimeError as err:  # shut down (BrokenProcessPool is one too)
             failed: Future[tuple[Any, np.ndarray]] = Future()
