@@ -16,6 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
+from typing import NoReturn
 
 import torch
 
@@ -64,26 +66,24 @@ def single_process_env() -> None:
     )
 
 
+def torchrun_args(cfg: TrainConfig, argv: list[str], job: str = "job") -> list[str]:
+    """torchrun's arguments that run `dreamer4 <argv>` on every rank; `job` names the
+    rendezvous of a run across nodes (the stage, whatever alias of its command each host typed)."""
+    if cfg.nnodes > 1:  # every node runs this; they meet at the rendezvous, ranks assigned
+        where = ["--nnodes", str(cfg.nnodes), "--rdzv_backend", "c10d"]
+        where += ["--rdzv_endpoint", cfg.rdzv_endpoint, "--rdzv_id", f"dreamer4-{job}"]
+    else:
+        where = ["--nnodes", "1", "--master_addr", "127.0.0.1"]
+        where += ["--master_port", str(free_port())]
+    return [*where, "--nproc_per_node", str(cfg.nproc), "-m", "dreamer4.cli", *argv]
+
+
 def launcher_command(cfg: TrainConfig, argv: list[str], job: str = "job") -> list[str]:
-    """The command that runs `dreamer4 <argv>` on every rank; `job` names the rendezvous of
-    a run across nodes (the stage, whatever alias of its command each host typed)."""
+    """The command that runs `dreamer4 <argv>` on every rank (torchrun's is what `relaunch`
+    runs in a fork of the stage command, see `ForkedTorchrun`)."""
     target = ["-m", "dreamer4.cli", *argv]
     if cfg.launcher == "torchrun":
-        if cfg.nnodes > 1:  # every node runs this; they meet at the rendezvous, ranks assigned
-            where = ["--nnodes", str(cfg.nnodes), "--rdzv_backend", "c10d"]
-            where += ["--rdzv_endpoint", cfg.rdzv_endpoint, "--rdzv_id", f"dreamer4-{job}"]
-        else:
-            where = ["--nnodes", "1", "--master_addr", "127.0.0.1"]
-            where += ["--master_port", str(free_port())]
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            *where,
-            "--nproc_per_node",
-            str(cfg.nproc),
-            *target,
-        ]
+        return [sys.executable, "-m", "torch.distributed.run", *torchrun_args(cfg, argv, job)]
     if cfg.launcher == "deepspeed":
         exe = shutil.which("deepspeed")
         if exe is None:
@@ -119,6 +119,53 @@ def worker_env(cfg: TrainConfig) -> dict[str, str]:
     return env
 
 
+class ForkedTorchrun:
+    """torchrun (`torch.distributed.run.main`) in a fork of this process, not a new interpreter.
+
+    The stage command has imported torch by the time it launches; `python -m
+    torch.distributed.run` imported it again before starting a rank, about 4 s of every
+    training stage on a 2-core machine. The fork keeps what the command line gave: a process
+    of its own between the command and the ranks, in a session of its own, killed with its
+    parent, with the environment given, exiting with torchrun's status (1 when a rank failed,
+    as an uncaught error in `python -m` does). The command has no Python thread of its own
+    running when it launches, and the child runs only torchrun's agent, no tensor work, so the
+    threads a fork leaves behind (native pools of the libraries imported) are never waited on.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(args, env)
+
+    @staticmethod
+    def _child(args: list[str], env: dict[str, str]) -> NoReturn:
+        code = 1
+        try:
+            os.setsid()
+            die_with_parent()
+            os.environ.clear()
+            os.environ.update(env)
+            from torch.distributed.run import main
+
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self) -> int:
+        """The exit status, as `subprocess.Popen.wait` gives it (-N: killed by signal N)."""
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
 def relaunch(cfg: TrainConfig, argv: list[str], announced: bool, job: str = "job") -> int:
     """Run `argv` under the configured launcher and return its exit status.
 
@@ -129,12 +176,15 @@ def relaunch(cfg: TrainConfig, argv: list[str], announced: bool, job: str = "job
     env = worker_env(cfg)
     if announced:
         env["DREAMER4_RESUME_ANNOUNCED"] = "1"
-    proc = subprocess.Popen(
-        launcher_command(cfg, argv, job),
-        env=env,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
+    if cfg.launcher == "torchrun":
+        proc: ForkedTorchrun | subprocess.Popen = ForkedTorchrun(torchrun_args(cfg, argv, job), env)
+    else:
+        proc = subprocess.Popen(
+            launcher_command(cfg, argv, job),
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
