@@ -1,47 +1,42 @@
-"""Will `make run PROFILE=small` fit its 150 minutes on this machine? A one-minute CPU check.
+"""Will `make run PROFILE=small` fit its 150 minutes on this machine? A three-minute check.
 
-Machines of one CPU type differ in speed: on 2026-12-07 a 2-core AMD EPYC (Zen 3, AVX2) ran
-the small profile's `train_tokenizer` at 1.61 steps/s where another host of the same type had
-run it at 2.54 (steps 2,300 to 3,250, bit-identical results, nothing else running on either),
-so the profile that took 131 minutes there would take about 200 here. Learn that before
-starting a run, not two hours into it.
+Hosts of one CPU type differ in speed: the final run's host took 131.5 minutes, another
+2-core AMD EPYC of the same type ran the same tokenizer steps at 0.63× its speed. Until the
+third session of 2026-12-07 this check timed the tokenizer's training step alone (one process,
+then two at once, random frames) and scaled a reference host's stage rate by it. That predicted
+229 minutes on a host whose real `train_tokenizer` then ran at about the final run's speed: the
+step alone does not see what two ranks, DeepSpeed, gloo, the data loader and the host's other
+tenants cost there. So this runs the real thing: the profile's own `collect` (a few short
+episodes), `ingest` and `train-tokenizer` commands, two ranks through torchrun as `dvc repro`
+starts them, for the first `--steps` steps, in a temporary folder; then compares the minutes
+from step 25 to the last step (the stage's `speed.tsv`) with the final run's over the same
+steps (its committed `speed.tsv`), and scales the whole profile's 131.5 minutes by that ratio
+(every stage is assumed to slow down as the tokenizer does). The host's CPU steal time over the
+measurement is printed too: a host shared with busy neighbours changes speed during a two-hour
+run (the final run's own 25-step windows ranged from 1.6 to 3.0 steps/s), which no three-minute
+check can foresee. Read the prediction to ±15 %.
 
-What it measures: the small profile's tokenizer training step (its `TokenizerJob.loss`: MAE
-masking, MSE + LPIPS, AdamW) on a fixed random batch of the stage's per-rank size, in fp32,
-one torch thread per process, as each of the stage's two ranks runs it: first one process
-alone, then two at once (the two ranks; a pair of vCPUs that share a physical core shows here
-as a large drop). Prints steps/s of each, and the predicted wall time of the whole profile,
-scaled from a reference host by the two-process rate (every stage is assumed to slow down as
-the tokenizer does; the tokenizer and the dynamics are 62 % of the profile's time). Two tries
-a minute apart on one host differed by 12 %: read the prediction to ±15 %, enough to tell a
-130- from a 200-minute host.
-
-    python bench/cpu_check.py [--seconds 20] [--profile small]
+    python bench/cpu_check.py [--steps 300] [--profile small]
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import torch
+import pandas as pd
 
-from dreamer4.params import load_profile
-from dreamer4.stages.train_tokenizer import TokenizerJob
-from dreamer4.tokenizer import TokenizerConfig
-
-# The reference: this check's two-process rate on the host of 2026-12-07, and what the full
-# profile measured on hosts of that CPU type (steps 2,300 to 3,250 of `speed.tsv`): the final
-# run's host ran the tokenizer stage at 2.54 steps/s and the whole profile in 131.5 min; the
-# 2026-12-07 host ran the stage at 1.61 steps/s (that run was stopped at step 3,250 of 5,000).
-# BENCHMARKS.md has both.
-REFERENCE_PAIR_RATE = 2.15  # steps/s per process, two at once, there (2.29 and 2.02 in two tries)
-REFERENCE_STAGE_RATE = 1.61  # the real stage's steps/s on that host
-FINAL_RUN_STAGE_RATE, FINAL_RUN_MINUTES = 2.54, 131.5
+ROOT = Path(__file__).resolve().parents[1]
+# The final run's tokenizer (docs/results/small.md): its speed.tsv and the whole profile's time.
+REFERENCE = ROOT / "docs/results/small-run/train_tokenizer/speed.tsv"
+FINAL_RUN_MINUTES = 131.5
 BUDGET_MINUTES = 150.0
+FIRST = 25  # the first logged step: what comes before it is start-up, not speed
 
 
 def cpu_flags() -> set[str]:
@@ -55,76 +50,73 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _rate(profile: str, seconds: float, start: mp.Barrier, out: mp.Queue) -> None:
-    """Worker: steps/s of the profile's tokenizer training step, one thread."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    params = load_profile(profile=profile)
-    stage = params["train_tokenizer"]
-    train = {**params["train"], **stage["train"]}
-    cfg = TokenizerConfig(**{**stage["model"], "resolution": params["ingest"]["resolution"]})
-    job = TokenizerJob(cfg, Path("."), Path("."), 0, 0.0)
-    model = job.build_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    size = cfg.resolution
-    batch = {
-        "frames": torch.randint(0, 256, (train["micro_batch"], cfg.sequence, size, size, 3)),
-        "independent": torch.zeros(train["micro_batch"], dtype=torch.bool),
-    }
-
-    def step() -> None:
-        loss = job.loss(model, batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):  # warm-up: LPIPS weights, allocator
-        step()
-    start.wait()
-    steps, begin = 0, time.perf_counter()
-    while time.perf_counter() - begin < seconds:
-        step()
-        steps += 1
-    out.put(steps / (time.perf_counter() - begin))
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat: user … steal), zeros elsewhere."""
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return [0] * 8
+    return [int(v) for v in stat.read_text().splitlines()[0].split()[1:9]]
 
 
-def rates(profile: str, seconds: float, processes: int) -> list[float]:
-    """steps/s of each of `processes` workers running at once."""
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Barrier(processes), ctx.Queue()
-    workers = [
-        ctx.Process(target=_rate, args=(profile, seconds, start, out)) for _ in range(processes)
-    ]
-    for w in workers:
-        w.start()
-    result = [out.get(timeout=600) for _ in workers]
-    for w in workers:
-        w.join()
-    return result
+def minutes_between(speed_tsv: Path, first: int, last: int) -> float:
+    """Wall-clock minutes from step `first` to step `last` of a job's speed.tsv."""
+    minutes = pd.read_csv(speed_tsv, sep="\t").set_index("step")["minutes"]
+    for step in (first, last):
+        if step not in minutes.index:
+            raise SystemExit(f"{speed_tsv}: no row for step {step} (log_every divides it?)")
+    return float(minutes[last] - minutes[first])
+
+
+def dreamer4(*args: str) -> None:
+    """One pipeline command, from the repository root (its params.yaml), output shown."""
+    subprocess.run([sys.executable, "-m", "dreamer4.cli", *args], cwd=ROOT, check=True)
+
+
+def measure(profile: str, steps: int, folder: Path) -> tuple[Path, float]:
+    """Train the profile's tokenizer for `steps` steps on a few fresh episodes; its speed.tsv
+    and the share of the CPU time the host stole meanwhile."""
+    raw, data, inbox = folder / "raw", folder / "episodes", folder / "inbox"
+    inbox.mkdir()
+    dreamer4("collect", "--profile", profile, "--out", str(raw), "--inbox", str(inbox),
+             "--episodes", "4", "--max-steps", "200", "--workers", "2")  # fmt: skip
+    dreamer4("ingest", "--profile", profile, "--raw", str(raw), "--out", str(data))
+    before = cpu_times()
+    dreamer4("train-tokenizer", "--profile", profile, "--data", str(data),
+             "--out", str(folder / "tokenizer"), "--metrics", str(folder / "metrics"),
+             "--checkpoints", str(folder / "checkpoints"), "--steps", str(steps),
+             "--metrics-port", "0")  # fmt: skip
+    delta = [a - b for a, b in zip(cpu_times(), before, strict=True)]
+    steal = delta[7] / max(1, sum(delta))
+    return folder / "metrics" / "speed.tsv", steal
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
+    p.add_argument("--steps", type=int, default=300, help="tokenizer steps (a multiple of 25)")
     p.add_argument("--profile", default="small")
     args = p.parse_args()
     flags = cpu_flags()
     vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    print(f"{platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs, {vector}")
-    alone = rates(args.profile, args.seconds, 1)[0]
-    pair = rates(args.profile, args.seconds, 2)
-    mean = sum(pair) / len(pair)
-    print(f"tokenizer step, one process alone:  {alone:.3f} steps/s")
-    print(f"tokenizer step, two processes at once: {', '.join(f'{r:.3f}' for r in pair)} steps/s")
-    print(f"two at once / alone: {mean / alone:.2f} (near 1: two real cores)")
-    if args.profile != "small" or REFERENCE_PAIR_RATE <= 0:
+    print(f"{platform.processor() or platform.machine()}, {vector}", flush=True)
+    begin = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cpu_check-") as tmp:
+        speed, steal = measure(args.profile, args.steps, Path(tmp))
+        here = minutes_between(speed, FIRST, args.steps)
+    there = minutes_between(REFERENCE, FIRST, args.steps)
+    rate = (args.steps - FIRST) / (60 * here)
+    print(
+        f"train_tokenizer steps {FIRST}→{args.steps}: {rate:.2f} steps/s here, "
+        f"{(args.steps - FIRST) / (60 * there):.2f} in the final run ({here / there:.2f}× its "
+        f"time); CPU steal {100 * steal:.1f} %; the check took "
+        f"{(time.perf_counter() - begin) / 60:.1f} min"
+    )
+    if args.profile != "small":
         return
-    stage = REFERENCE_STAGE_RATE * mean / REFERENCE_PAIR_RATE
-    minutes = FINAL_RUN_MINUTES * FINAL_RUN_STAGE_RATE / stage
+    minutes = FINAL_RUN_MINUTES * here / there
     verdict = "fits" if minutes <= BUDGET_MINUTES else "does NOT fit"
     print(
-        f"predicted: the tokenizer stage at {stage:.2f} steps/s, `make run PROFILE=small` in "
-        f"about {minutes:.0f} min: {verdict} the {BUDGET_MINUTES:.0f}-minute budget"
+        f"predicted: `make run PROFILE=small` in about {minutes:.0f} min: {verdict} the "
+        f"{BUDGET_MINUTES:.0f}-minute budget"
     )
 
 

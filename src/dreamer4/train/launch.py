@@ -9,6 +9,7 @@ cluster (`deepspeed` with a hostfile).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -149,13 +150,16 @@ class ForkedTorchrun:
 
             main(args)
             code = 0
-        except SystemExit as e:
+        except SystemExit as e:  # what the interpreter does with it
             code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
         except BaseException:
             traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+        finally:  # never return into the command's own code, whatever the streams do
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
             os._exit(code)
 
     def send_signal(self, signum: int) -> None:
