@@ -27,10 +27,10 @@ import json, os, sys
 launcher = os.getppid()
 with open(f"/proc/{launcher}/cmdline", "rb") as f:
     cmdline = f.read().split(b"\\0")[:-1]
-print(json.dumps({"rank": os.environ["RANK"], "launcher": launcher, "launcher_parent":
+report = json.dumps({"rank": os.environ["RANK"], "launcher": launcher, "launcher_parent":
     int(open(f"/proc/{launcher}/stat").read().rsplit(")", 1)[1].split()[1]),
-    "launcher_session": os.getsid(launcher), "launcher_cmdline": [c.decode() for c in cmdline]}),
-    flush=True)
+    "launcher_session": os.getsid(launcher), "launcher_cmdline": [c.decode() for c in cmdline]})
+os.write(1, (report + "\\n").encode())  # one write: the two ranks share the pipe
 sys.exit(int(os.environ["RANK_EXIT"]) if os.environ["RANK"] == "1" else 0)
 """
 
@@ -53,7 +53,7 @@ def launch(tmp_path: Path, rank_exit: int) -> tuple[subprocess.CompletedProcess,
 def test_forked_torchrun_gives_the_status_output_and_process_tree_of_the_command(tmp_path: Path):
     done, reports = launch(tmp_path, rank_exit=0)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[-1] == "status 0"
+    assert done.stdout.splitlines()[-1] == "status 0", done.stderr[-3000:]
     assert sorted(r["rank"] for r in reports) == ["0", "1"]
     launcher = {r["launcher"] for r in reports}
     assert len(launcher) == 1
