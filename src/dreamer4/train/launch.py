@@ -134,6 +134,7 @@ class ForkedTorchrun:
     """
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.returncode: int | None = None
         self.pid = os.fork()
         if self.pid == 0:
             self._child(args, env)
@@ -163,11 +164,16 @@ class ForkedTorchrun:
             os._exit(code)
 
     def send_signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
+        """Signal the launcher unless it has been waited for (its pid may be reused then)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
     def wait(self) -> int:
         """The exit status, as `subprocess.Popen.wait` gives it (-N: killed by signal N)."""
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
 
 
 def relaunch(cfg: TrainConfig, argv: list[str], announced: bool, job: str = "job") -> int:
