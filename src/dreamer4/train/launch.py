@@ -135,6 +135,8 @@ class ForkedTorchrun:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.returncode: int | None = None
+        for stream in (sys.stdout, sys.stderr):  # so that no buffered output is copied into it
+            stream.flush()
         self.pid = os.fork()
         if self.pid == 0:
             self._child(args, env)
