@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the ranks read /proc")
+
 # Run in a process of its own: a fork of pytest's would copy whatever pytest has going.
 LAUNCH = """
 import sys
@@ -49,7 +51,6 @@ def launch(tmp_path: Path, rank_exit: int) -> tuple[subprocess.CompletedProcess,
     return done, reports
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_forked_torchrun_gives_the_status_output_and_process_tree_of_the_command(tmp_path: Path):
     done, reports = launch(tmp_path, rank_exit=0)
     assert done.returncode == 0, done.stderr[-3000:]
