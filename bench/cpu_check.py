@@ -32,8 +32,9 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-# The final run's tokenizer (docs/results/small.md): its speed.tsv and the whole profile's time.
-REFERENCE = ROOT / "docs/results/small-run/train_tokenizer/speed.tsv"
+# The c1a2584 run's tokenizer (docs/results/small.md): its speed.tsv and the whole profile's time,
+# one uninterrupted run on one host (the committed run after it started from a probe's checkpoint).
+REFERENCE = ROOT / "docs/results/small-run-c1a2584/train_tokenizer/speed.tsv"
 FINAL_RUN_MINUTES = 131.5
 BUDGET_MINUTES = 150.0
 FIRST = 25  # the first logged step: what comes before it is start-up, not speed
