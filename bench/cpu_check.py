@@ -1,19 +1,19 @@
 """Will `make run PROFILE=small` fit its 150 minutes on this machine? A three-minute check.
 
-Hosts of one CPU type differ in speed: the final run's host took 131.5 minutes, another
+Hosts of one CPU type differ in speed: the reference run (c1a2584) took 131.5 minutes, another
 2-core AMD EPYC of the same type ran the same tokenizer steps at 0.63× its speed. Until the
 third session of 2026-12-07 this check timed the tokenizer's training step alone (one process,
 then two at once, random frames) and scaled a reference host's stage rate by it. That predicted
-229 minutes on a host whose real `train_tokenizer` then ran at about the final run's speed: the
+229 minutes on a host whose real `train_tokenizer` then ran at about the reference run's speed: the
 step alone does not see what two ranks, DeepSpeed, gloo, the data loader and the host's other
 tenants cost there. So this runs the real thing: the profile's own `collect` (a few short
 episodes), `ingest` and `train-tokenizer` commands, two ranks through torchrun as `dvc repro`
 starts them, for the first `--steps` steps, in a temporary folder; then compares the minutes
-from step 25 to the last step (the stage's `speed.tsv`) with the final run's over the same
+from step 25 to the last step (the stage's `speed.tsv`) with the reference run's over the same
 steps (its committed `speed.tsv`), and scales the whole profile's 131.5 minutes by that ratio
 (every stage is assumed to slow down as the tokenizer does). The host's CPU steal time over the
 measurement is printed too: a host shared with busy neighbours changes speed during a two-hour
-run (the final run's own 25-step windows ranged from 1.6 to 3.0 steps/s), which no three-minute
+run (the reference run's own 25-step windows ranged from 1.6 to 3.0 steps/s), which no three-minute
 check can foresee. Read the prediction to ±15 %.
 
     python bench/cpu_check.py [--steps 300] [--profile small]
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The c1a2584 run's tokenizer (docs/results/small.md): its speed.tsv and the whole profile's time,
 # one uninterrupted run on one host (the committed run after it started from a probe's checkpoint).
 REFERENCE = ROOT / "docs/results/small-run-c1a2584/train_tokenizer/speed.tsv"
-FINAL_RUN_MINUTES = 131.5
+REFERENCE_MINUTES = 131.5
 BUDGET_MINUTES = 150.0
 FIRST = 25  # the first logged step: what comes before it is start-up, not speed
 
@@ -107,13 +107,13 @@ def main() -> None:
     rate = (args.steps - FIRST) / (60 * here)
     print(
         f"train_tokenizer steps {FIRST}→{args.steps}: {rate:.2f} steps/s here, "
-        f"{(args.steps - FIRST) / (60 * there):.2f} in the final run ({here / there:.2f}× its "
+        f"{(args.steps - FIRST) / (60 * there):.2f} in the reference run ({here / there:.2f}× its "
         f"time); CPU steal {100 * steal:.1f} %; the check took "
         f"{(time.perf_counter() - begin) / 60:.1f} min"
     )
     if args.profile != "small":
         return
-    minutes = FINAL_RUN_MINUTES * here / there
+    minutes = REFERENCE_MINUTES * here / there
     verdict = "fits" if minutes <= BUDGET_MINUTES else "does NOT fit"
     print(
         f"predicted: `make run PROFILE=small` in about {minutes:.0f} min: {verdict} the "
