@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dreamer4.episodes.dataset import DatasetWriter, load_chunk, split_of
 from dreamer4.episodes.episode import Episode
@@ -53,3 +54,22 @@ def test_split_is_a_stable_function_of_the_id():
     assert 150 < splits.count("eval") < 250
     assert splits == [split_of(i, 0.2) for i in ids]
     assert {split_of(i, 0.0) for i in ids} == {"train"}
+
+
+def test_task_is_the_next_first_occurrence_unless_every_occurrence_is_asked_for(tmp_path: Path):
+    """A repeated collect_wood (rows 2 and 4) before place_table (row 5): under "first" the rows
+    after the first wood are already on place_table, under "every" rows 3-4 stay collect_wood."""
+    ep = episode("e0", 8, value=1)
+    ep.events["collect_wood"][4] = True
+    want = {
+        "first": ["collect_wood"] * 3 + ["place_table"] * 3 + ["-"] * 2,
+        "every": ["collect_wood"] * 5 + ["place_table"] + ["-"] * 2,
+    }
+    for rule, labels in want.items():
+        writer = DatasetWriter(tmp_path / rule, chunk_frames=10, task_events=rule)
+        writer.add(ep, "train")
+        steps, _ = writer.close()
+        assert steps["task"].fillna("-").tolist() == labels, rule
+        assert steps["event/collect_wood"].sum() == 2  # the event columns keep every occurrence
+    with pytest.raises(ValueError, match="task_events = 'once'"):
+        DatasetWriter(tmp_path / "bad", chunk_frames=10, task_events="once")

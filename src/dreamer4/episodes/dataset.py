@@ -30,12 +30,26 @@ def split_of(episode_id: str, eval_fraction: float) -> str:
     return "eval" if h < eval_fraction else "train"
 
 
-def _next_event(events: dict[str, np.ndarray], n: int) -> pd.Series:
-    """Per row, the name of the next event at or after it (the task the episode is on)."""
+# Which occurrences of an event make it a step's task (`ingest.task_events`).
+TASK_EVENTS = ("first", "every")
+
+
+def _next_event(events: dict[str, np.ndarray], n: int, task_events: str = "first") -> pd.Series:
+    """Per row, the name of the next event at or after it (the task the episode is on).
+
+    task_events "first": only an event's first occurrence in the episode counts, so the task
+    is the next event the episode reaches for the first time (Crafter's achievements are
+    unlocks, and the agents are evaluated prompted with the first milestone not yet reached:
+    a repeated `collect_wood` must not label the steps that gather wood for a table as
+    "collect wood"). "every": every occurrence counts."""
+    if task_events not in TASK_EVENTS:
+        raise ValueError(f"task_events = {task_events!r}: must be one of {TASK_EVENTS}")
     names = sorted(events)
     if not names:
         return pd.Series(pd.NA, index=range(n), dtype="string")
-    hits = np.stack([events[name] for name in names], axis=1)
+    hits = np.stack([np.asarray(events[name], bool) for name in names], axis=1)
+    if task_events == "first":
+        hits = hits & (np.cumsum(hits, axis=0) == 1)
     first = pd.Series(np.asarray(names, dtype=object)[hits.argmax(axis=1)], dtype="string")
     return first.where(hits.any(axis=1)).bfill()
 
@@ -43,8 +57,10 @@ def _next_event(events: dict[str, np.ndarray], n: int) -> pd.Series:
 class DatasetWriter:
     """Appends episodes to chunk files and collects their step-index rows."""
 
-    def __init__(self, out: Path, chunk_frames: int) -> None:
-        self.out = Path(out)
+    def __init__(self, out: Path, chunk_frames: int, task_events: str = "first") -> None:
+        if task_events not in TASK_EVENTS:
+            raise ValueError(f"task_events = {task_events!r}: must be one of {TASK_EVENTS}")
+        self.out, self.task_events = Path(out), task_events
         (self.out / "frames").mkdir(parents=True, exist_ok=True)
         self.chunk_frames = chunk_frames
         self._pending: list[np.ndarray] = []
@@ -82,7 +98,7 @@ class DatasetWriter:
             cols["null_action"] = ep.null_action.astype(bool)
         for name, hits in ep.events.items():
             cols[f"event/{name}"] = hits.astype(bool)
-        cols["task"] = _next_event(ep.events, n).array
+        cols["task"] = _next_event(ep.events, n, self.task_events).array
         self._tables.append(pd.DataFrame(cols))
         self._episodes.append(
             {

@@ -18,7 +18,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dreamer4.episodes.dataset import DatasetWriter, chunk_lengths, split_of, write_json
+from dreamer4.episodes.dataset import (
+    TASK_EVENTS,
+    DatasetWriter,
+    chunk_lengths,
+    split_of,
+    write_json,
+)
 from dreamer4.episodes.episode import Episode, EpisodeError
 from dreamer4.episodes.readers import RawEpisode, find_raw_episodes, read_raw_episode
 from dreamer4.episodes.validation import episode_table, validate
@@ -46,6 +52,7 @@ def ingest(
     eval_fraction: float = 0.1,
     min_length: int = 2,
     max_length: int = 1_000_000,
+    task_events: str = "first",
 ) -> dict[str, Any]:
     """Build the dataset at `out`; returns the summary also written to `dataset.json`."""
 
@@ -54,7 +61,7 @@ def ingest(
     raws = find_raw_episodes(raw)
     quarantined: list[dict[str, Any]] = []
     with staged_folder(out, "dataset.json", "an episode dataset") as tmp:
-        writer = DatasetWriter(tmp, chunk_frames)
+        writer = DatasetWriter(tmp, chunk_frames, task_events)
         for r in tqdm(raws, desc="ingest", unit="episode"):
             ep = _read(r, resolution, min_length, max_length, quarantined)
             if ep is not None:
@@ -87,6 +94,7 @@ def ingest(
             "sources": sorted(episodes["source"].unique().tolist()),
             "action_columns": [c for c in steps.columns if c.startswith("action/")],
             "event_columns": [c for c in steps.columns if c.startswith("event/")],
+            "task_events": task_events,
             "chunks": int(steps["frame_chunk"].max()) + 1,
             "validation": report.to_dict(),
         }
@@ -146,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
         eval_fraction=own.fraction("eval_fraction", args.eval_fraction),
         min_length=own.count("min_length"),
         max_length=own.count("max_length"),
+        task_events=own.check(
+            "task_events", lambda v: v in TASK_EVENTS, f"must be one of {list(TASK_EVENTS)}"
+        ),
     )
     print(
         f"ingest: {summary['episodes']} episodes, {summary['steps']} steps {summary['splits']}, "
