@@ -162,6 +162,20 @@ def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
     assert set(load_steps(tmp_path / "ds")["split"]) == {"train"}
 
 
+def test_cli_task_rule_from_params_and_a_bad_one_named(tmp_raw: Path, tmp_path: Path, capsys):
+    make_raw(tmp_raw)
+    params = tmp_path / "params.yaml"
+    paths = {"raw": str(tmp_raw), "episodes": str(tmp_path / "ds")}
+    write_params(params, {"ingest": {"min_length": 4, "task_events": "every"}}, paths)
+    assert main(["ingest", "--params", str(params)]) == 0
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["task_events"] == "every"
+    write_params(params, {"ingest": {"min_length": 4, "task_events": "once"}}, paths)
+    assert main(["ingest", "--params", str(params), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "ingest.task_events = 'once'" in err and str(params) in err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("missing", ["profile", "section"])
 def test_params_errors_name_the_file(tmp_path: Path, capsys, missing):
     params = tmp_path / "params.yaml"
