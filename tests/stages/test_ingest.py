@@ -163,12 +163,21 @@ def test_cli_reads_profile_from_params(tmp_raw: Path, tmp_path: Path, capsys):
 
 
 def test_cli_task_rule_from_params_and_a_bad_one_named(tmp_raw: Path, tmp_path: Path, capsys):
-    make_raw(tmp_raw)
+    """collect_wood at steps 2 and 5, place_table at 8: `every` keeps steps 3-5 on
+    collect_wood, `first` (the default) puts them on place_table; a bad rule is named."""
+    frames = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    unlocked = {2: "collect_wood", 5: "collect_wood", 8: "place_table"}
+    write_crafter_episode(tmp_raw, "wood", frames, crafter_lines([0] * 11, None, unlocked), {})
     params = tmp_path / "params.yaml"
-    paths = {"raw": str(tmp_raw), "episodes": str(tmp_path / "ds")}
-    write_params(params, {"ingest": {"min_length": 4, "task_events": "every"}}, paths)
-    assert main(["ingest", "--params", str(params)]) == 0
-    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["task_events"] == "every"
+    tasks = {}
+    for rule in ("every", "first"):
+        paths = {"raw": str(tmp_raw), "episodes": str(tmp_path / rule)}
+        write_params(params, {"ingest": {"min_length": 4, "task_events": rule}}, paths)
+        assert main(["ingest", "--params", str(params)]) == 0
+        assert json.loads((tmp_path / rule / "dataset.json").read_text())["task_events"] == rule
+        tasks[rule] = load_steps(tmp_path / rule)["task"].fillna("-").tolist()
+    assert tasks["every"][:9] == ["collect_wood"] * 6 + ["place_table"] * 3
+    assert tasks["first"][:9] == ["collect_wood"] * 3 + ["place_table"] * 6
     write_params(params, {"ingest": {"min_length": 4, "task_events": "once"}}, paths)
     assert main(["ingest", "--params", str(params), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
