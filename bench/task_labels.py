@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dreamer4.episodes.actions import CRAFTER_ACTIONS
-from dreamer4.episodes.dataset import TASK_EVENTS, _next_event, load_steps
+from dreamer4.episodes.dataset import TASK_EVENTS, load_steps, next_event
 
 TASKS = ("collect_wood", "place_table", "make_wood_pickaxe")
 
@@ -37,7 +37,7 @@ def labelled_steps(episodes: Path, raw: Path) -> pd.DataFrame:
             wood = np.array([json.loads(line)["inventory"].get("wood", 0) for line in f])
         hits = {c.removeprefix("event/"): rows[c].to_numpy() for c in events}
         for rule in TASK_EVENTS:
-            task = _next_event(hits, len(rows), rule).to_numpy()
+            task = next_event(hits, len(rows), rule).to_numpy()
             parts.append(
                 pd.DataFrame(
                     {

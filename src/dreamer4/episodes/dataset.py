@@ -34,16 +34,14 @@ def split_of(episode_id: str, eval_fraction: float) -> str:
 TASK_EVENTS = ("first", "every")
 
 
-def _next_event(events: dict[str, np.ndarray], n: int, task_events: str = "first") -> pd.Series:
+def next_event(events: dict[str, np.ndarray], n: int, task_events: str = "first") -> pd.Series:
     """Per row, the name of the next event at or after it (the task the episode is on).
 
     task_events "first": only an event's first occurrence in the episode counts, so the task
     is the next event the episode reaches for the first time (Crafter's achievements are
     unlocks, and the agents are evaluated prompted with the first milestone not yet reached:
     a repeated `collect_wood` must not label the steps that gather wood for a table as
-    "collect wood"). "every": every occurrence counts."""
-    if task_events not in TASK_EVENTS:
-        raise ValueError(f"task_events = {task_events!r}: must be one of {TASK_EVENTS}")
+    "collect wood"). "every": every occurrence counts (`DatasetWriter` checks the rule)."""
     names = sorted(events)
     if not names:
         return pd.Series(pd.NA, index=range(n), dtype="string")
@@ -98,7 +96,7 @@ class DatasetWriter:
             cols["null_action"] = ep.null_action.astype(bool)
         for name, hits in ep.events.items():
             cols[f"event/{name}"] = hits.astype(bool)
-        cols["task"] = _next_event(ep.events, n, self.task_events).array
+        cols["task"] = next_event(ep.events, n, self.task_events).array
         self._tables.append(pd.DataFrame(cols))
         self._episodes.append(
             {
