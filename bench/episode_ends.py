@@ -4,12 +4,17 @@ Table 7's milestones need steps. In the `small` run every learned agent's episod
 as long as random play's (~170 steps of a 500-step cap), so the milestones may be capped by
 survival rather than by what the prompt asks. This plays the evaluation's agents on the
 evaluation's worlds (the same prompts, players and seeds as `dreamer4 evaluate`, one batch in
-lockstep). Each time the player's health drops, the damage is put down to one cause:
+lockstep). Each time the player's health drops, the damage is put down to one cause, as
+Crafter's objects deal it (`crafter/objects.py`):
 
 - lava under the player;
-- a zombie, or a skeleton or arrow, within 2 tiles;
+- a zombie next to the player after the step (zombies move, then hit from 1 tile);
+- an arrow within 2 tiles before the step (an arrow hits and vanishes in the same update), or a
+  skeleton next to the player;
 - a need at 0 (food, drink or energy);
 - else "other".
+
+Damage is the health lost over the step, net of any point regained in it.
 
 It prints per agent the mean length, the share of episodes ending in death, the daylight at the
 end, and the share of the damage per cause.
@@ -45,22 +50,27 @@ def watch(env: Any, log: list[dict[str, Any]]) -> None:
     """Wrap `env.step` to log, after each step, the damage taken and what was around."""
     step = env.step
 
-    def logged(action: int) -> Any:
+    def near(radius: int) -> Counter:
+        """Objects within `radius` tiles (Manhattan, as Crafter's `distance`) of the player."""
         player = env._player
-        before = player.health
-        out = step(action)
-        near = Counter(
+        return Counter(
             type(o).__name__
             for o in env._world.objects
-            if o is not player and max(abs(o.pos - player.pos)) <= 2
+            if o is not player and abs(o.pos - player.pos).sum() <= radius
         )
+
+    def logged(action: int) -> Any:
+        player = env._player
+        before, arrows = player.health, near(2)["Arrow"]
+        out = step(action)
+        adjacent = near(1)
         log.append({
             "damage": before - player.health,
             "health": player.health,
             "need_empty": min(player.inventory[k] for k in ("food", "drink", "energy")) == 0,
             "daylight": float(env._world.daylight),
-            "zombie": near["Zombie"] > 0,
-            "skeleton": near["Skeleton"] + near["Arrow"] > 0,
+            "zombie": adjacent["Zombie"] > 0,
+            "skeleton": arrows + adjacent["Skeleton"] > 0,
             "lava": env._world[player.pos][0] == "lava",
         })  # fmt: skip
         return out
