@@ -12,6 +12,7 @@ seeds 4321 …), with the frames at the sampler's context level, as `finetune_ag
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -30,10 +31,9 @@ def nll_by_task(folder: Path, data: Path, batches: int, rows: int = 64) -> pd.Da
     agent.eval()
     model = config["model"]
     tasks = tuple(model["agent"]["tasks"])
-    spec = SequenceSpec(
-        length=model["sequence"]["length"], split="eval", arrays=("latents",), actions=True,
-        fields=(), tasks=tasks, relevant_fraction=1.0,
-    )  # fmt: skip
+    trained = {k: tuple(v) if isinstance(v, list) else v for k, v in model["sequence"].items()}
+    # the windows `AgentJob.heldout` scores: the eval split, all relevant, no single images
+    spec = replace(SequenceSpec(**trained), split="eval", relevant_fraction=1.0, image_fraction=0.0)
     data_set = EpisodeSequences(data, spec)
     noise = ShortcutConfig(**model["shortcut"]).context_noise
     out = []

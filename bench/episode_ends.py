@@ -27,19 +27,15 @@ from __future__ import annotations
 import argparse
 import copy
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from dreamer4.agent import ActionSpace
-from dreamer4.envs.crafter_env import make_env, reseed
-from dreamer4.episodes.actions import CRAFTER_ACTIONS
-from dreamer4.eval.agent_player import RandomPlayer, episode_generator, model_player
+from dreamer4.envs.crafter_env import make_env
+from dreamer4.eval.agent_player import episode_generator
 from dreamer4.eval.prompted_play import play_prompted_batch, prompt_indices
-from dreamer4.stages.evaluate import AGENTS
-from dreamer4.tokenizer import load_tokenizer
+from dreamer4.stages.evaluate import AGENTS, generate_worlds, load_player
 
 FOLDERS = {"random": None, "bc": "models/bc_agent", "wm_bc": "models/agent",
            "dreamer4": "models/policy"}  # fmt: skip
@@ -88,21 +84,10 @@ def cause(row: dict[str, Any]) -> str:
 def episode_ends(worlds: int, first_seed: int, max_steps: int, sample_seed: int) -> pd.DataFrame:
     """One row per agent and world: length, death, daylight at the end, damage per cause."""
     seeds = list(range(first_seed, first_seed + worlds))
-    tokenizer, config = load_tokenizer(Path("models/tokenizer"))
-    size = int(config["model"]["resolution"])
-    env = make_env(0, size=size, length=max_steps)
-    made, firsts = [], []
-    for seed in seeds:
-        reseed(env, seed)
-        firsts.append(env.reset())
-        made.append(copy.deepcopy(env))
+    made, firsts = generate_worlds(make_env(0, size=64, length=max_steps), seeds)  # as rendered
     rows = []
     for name, folder in FOLDERS.items():
-        if folder is None:
-            space = ActionSpace((("crafter", "categorical", len(CRAFTER_ACTIONS)),))
-            player, tasks = RandomPlayer(space), ()
-        else:
-            player, tasks = model_player(Path(folder), tokenizer, torch.device("cpu"))
+        player, tasks, size = load_player(name, folder, "models/tokenizer")
         agent = list(AGENTS).index(name)
         player.generator = [episode_generator(sample_seed, agent, i) for i in range(worlds)]
         envs = [copy.deepcopy(w) for w in made]

@@ -189,8 +189,9 @@ def behaviour_stats(raw: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return stats, skipped
 
 
-def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, tuple, Any]:
-    """Worker: the player of one agent (loaded once per process), its tasks and resolution."""
+def load_player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, tuple, Any]:
+    """The player of one agent (loaded once per process), its tasks and the resolution it
+    sees (None: as rendered, for the random player)."""
 
     players = _WORKER.setdefault("players", {})
     if (name, folder) not in players:
@@ -208,25 +209,30 @@ def _player(name: str, folder: str | None, tokenizer: str | None) -> tuple[Any, 
     return players[name, folder]
 
 
+def generate_worlds(env: Any, seeds: list[int]) -> tuple[list[Any], list[np.ndarray]]:
+    """A copy of `env` with each seed's world as generated, and its first observation: every
+    agent's episode starts from its own copy of these (Crafter's world generation costs
+    seconds; a copy, milliseconds)."""
+    worlds, firsts = [], []
+    for seed in seeds:
+        reseed(env, seed)
+        firsts.append(env.reset())
+        worlds.append(copy.deepcopy(env))
+    return worlds, firsts
+
+
 def _play_worlds(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worker: every agent plays a batch of world seeds in lockstep, each episode from its own
-    copy of the world as generated (Crafter's world generation costs seconds; a copy,
-    milliseconds)."""
+    """Worker: every agent plays a batch of world seeds in lockstep (`generate_worlds`)."""
 
     torch.set_num_threads(job["threads"])
     key = (job["size"], job["max_steps"])
     if _WORKER.get("env_key") != key:
         _WORKER["env_key"] = key
         _WORKER["env"] = make_env(0, size=job["size"], length=job["max_steps"])
-    env = _WORKER["env"]
-    worlds, firsts = [], []
-    for seed in job["seeds"]:
-        reseed(env, seed)
-        firsts.append(env.reset())
-        worlds.append(copy.deepcopy(env))
+    worlds, firsts = generate_worlds(_WORKER["env"], job["seeds"])
     results = []
     for name, folder in job["agents"]:
-        player, tasks, resolution = _player(name, folder, job["tokenizer"])
+        player, tasks, resolution = load_player(name, folder, job["tokenizer"])
         a = list(AGENTS).index(name)
         player.generator = [episode_generator(job["sample_seed"], a, i) for i in job["indices"]]
         frames: list[np.ndarray] | None = [] if job["record"] else None
@@ -372,7 +378,7 @@ def evaluate_minecraft(
             space = ActionSpace(tuple((c.name, c.kind, c.n) for c in VPT_SPACE))
             players[name] = (RandomPlayer(space), (), int(settings["size"]))
         else:
-            players[name] = _player(name, str(folders[name]), str(folders["tokenizer"]))
+            players[name] = load_player(name, str(folders[name]), str(folders["tokenizer"]))
     played = minecraft.play_agents(
         players, tuple(AGENTS), make_env, seeds, int(settings["max_steps"]), int(settings["seed"])
     )
