@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from dreamer4.envs.crafter_env import make_env
-from dreamer4.eval.tile_accuracy import classifier, inventory_accuracy, tile_accuracy
+from dreamer4.eval.tile_accuracy import (
+    DAYLIGHT,
+    LIT,
+    classifier,
+    inventory_accuracy,
+    tile_accuracy,
+)
 
 VIEW = np.array([9, 7])  # Crafter's local view in tiles (x, y), player at the centre
 
@@ -130,3 +136,51 @@ def test_classification_ignores_bf16_autocast(played) -> None:
         mixed = c.view(noisy), c.inventory(noisy)
     assert torch.equal(plain[0], mixed[0]) and torch.equal(plain[1], mixed[1])
     assert (plain[0] == c.view(frames)).float().mean() > 0.95  # noise σ 8: few labels move
+
+
+@pytest.fixture(scope="module")
+def lit_twice() -> dict[float, list[tuple[np.ndarray, np.ndarray, dict]]]:
+    """States of a walk, each rendered twice (two draws of Crafter's night noise) at every
+    light level of the templates."""
+    rng = np.random.default_rng(2)
+    env = make_env(2, size=64, length=10_000)
+    env.reset()
+    out: dict[float, list] = {day: [] for day in DAYLIGHT}
+    for t in range(240):
+        action = int(rng.integers(0, 17)) if rng.random() < 0.5 else int(rng.integers(1, 6))
+        _, _, done, info = env.step(action)
+        if done:
+            break
+        if t % 12 == 0:
+            light = env._world.daylight
+            for day in DAYLIGHT:
+                env._world.daylight = day
+                out[day].append((env.render(), env.render(), info))
+            env._world.daylight = light
+    return out
+
+
+def test_daylight_is_read_from_the_frame(lit_twice) -> None:
+    c = classifier(64)
+    for day, states in lit_twice.items():
+        frames = torch.tensor(np.stack([first for first, _, _ in states]))
+        assert torch.allclose(c.read(frames)[1], torch.tensor(day)), day
+
+
+def test_frames_too_dark_to_read_are_not_scored(lit_twice) -> None:
+    """At daylight 0 Crafter's noise hides the tiles from the classifier (and from any reader:
+    two renders of one state disagree): such frames get NaN, unless `dark`; from `LIT` up
+    the real frame is read right and every frame is scored."""
+    c = classifier(64)
+    for day, states in lit_twice.items():
+        first, second = (torch.tensor(np.stack([s[k] for s in states])) for k in (0, 1))
+        truth = np.stack([_truth(info) for _, _, info in states])
+        read = (c.view(first).numpy() == truth).mean()
+        scored, every = tile_accuracy(second, first), tile_accuracy(second, first, dark=True)
+        if day >= LIT:
+            assert read >= 0.98, (day, read)
+            assert not scored.isnan().any() and scored.mean() >= 0.97, (day, scored)
+        else:
+            assert scored.isnan().all(), (day, scored)
+        if day == 0.0:
+            assert read < 0.7 and every.mean() < 0.7, (read, every)

@@ -372,8 +372,8 @@ class Report:
             self.world_model_table(),
             note="PSNR and SSIM of frames decoded from the world model's rollouts against the "
             "real ones, with K=4 and K=k_max shortcut steps (from train_dynamics); on Crafter "
-            "also the share of view tiles and of inventory counts shown alike (tile accuracy, "
-            "eval/tile_accuracy.py), which PSNR hides.",
+            "also the share of view tiles and of inventory counts shown alike (tile accuracy on "
+            "the frames light enough to read: eval/tile_accuracy.py), which PSNR hides.",
             digits=3,
         )
         self.add("Imagination: before and after RL", self.imagination_table(), digits=4)

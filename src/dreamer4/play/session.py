@@ -30,6 +30,7 @@ complete, so the inbox sensor never sees half an episode.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import tempfile
@@ -466,7 +467,8 @@ class PlaySession:
             truth = torch.from_numpy(self.seen).float() / 127.5 - 1
             info["psnr"] = round(float(psnr(dream, truth)), 2)
             shown = torch.from_numpy(self.obs.copy())[None]
-            info["tile_accuracy"] = round(float(tile_accuracy(dream[None], shown, self.size)), 3)
+            tiles = float(tile_accuracy(dream[None], shown, self.size))
+            info["tile_accuracy"] = None if math.isnan(tiles) else round(tiles, 3)  # too dark
         return info
 
     # -- recordings ------------------------------------------------------------------------------

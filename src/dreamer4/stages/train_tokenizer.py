@@ -6,7 +6,8 @@ frame resolution comes from the episode dataset. Held-out PSNR and SSIM (whole f
 world view without Crafter's inventory band) are logged every `eval_every` steps and written as
 DVC metrics `tokenizer/psnr_heldout`, `tokenizer/ssim_heldout`, `tokenizer/psnr_heldout_world`;
 on Crafter data also `tokenizer/tile_accuracy` and `tokenizer/inventory_accuracy` (eval/
-tile_accuracy.py: whether the reconstruction shows the same tiles and inventory counts);
+tile_accuracy.py: whether the reconstruction shows the same tiles and inventory counts; the
+tiles on the frames light enough to read, `tokenizer/tile_accuracy_all` on every frame);
 `reconstructions.png` (original | reconstruction | masked input | its reconstruction) is a DVC
 plot and Dagster metadata.
 """
@@ -122,7 +123,11 @@ class TokenizerJob(Job):
             .item(),
         }
         if self.crafter:
-            metrics["tokenizer/tile_accuracy"] = tile_accuracy(recon, target).mean().item()
+            # frames too dark to read are not scored (eval/tile_accuracy.py); `_all` scores them
+            metrics["tokenizer/tile_accuracy"] = tile_accuracy(recon, target).nanmean().item()
+            metrics["tokenizer/tile_accuracy_all"] = (
+                tile_accuracy(recon, target, dark=True).mean().item()
+            )
             metrics["tokenizer/inventory_accuracy"] = (
                 inventory_accuracy(recon, target).nanmean().item()
             )
