@@ -5,7 +5,9 @@ tiles that its reconstructions show as the same class, and what the lost ones tu
 sees whether the textured tiles the tech tree runs through (stone, trees, coal, iron) survive
 or only the flat ones (grass, water, sand). Same held-out sequences as the stage's evaluation
 (`heldout_split`, `fixed_batch` with its seed 1234), without masking, with the weights the
-stage evaluates and `encode` uses (not the EMA).
+stage evaluates and `encode` uses (not the EMA). Like the metric, only the frames light enough
+to read (`LIT`) count, unless `--dark`: deep in the night the real frame's tiles are noise, and
+the classes read there (arrows, plants) are the noise's.
 
     python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 32]
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dreamer4.eval.tile_accuracy import classifier
+from dreamer4.eval.tile_accuracy import LIT, classifier
 from dreamer4.tokenizer import load_tokenizer
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
@@ -26,7 +28,7 @@ HELDOUT_SEED = 1234  # TokenizerJob.heldout's (a literal there: the stage's code
 
 
 @torch.no_grad()
-def class_table(tokenizer: Path, data: Path, sequences: int) -> pd.DataFrame:
+def class_table(tokenizer: Path, data: Path, sequences: int, dark: bool = False) -> pd.DataFrame:
     """One row per class present in the real tiles: `share` of all tiles (%), `kept` (% shown
     as the same class), `becomes` (the most common wrong class and its share of the lost)."""
     model, _ = load_tokenizer(tokenizer)
@@ -38,7 +40,9 @@ def class_table(tokenizer: Path, data: Path, sequences: int) -> pd.DataFrame:
     recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
     target = model.pixels(frames)
     tiles = classifier(frames.shape[-2])
-    real, seen = tiles.view(target).flatten(), tiles.view(recon).flatten()
+    truth, daylight = tiles.read(target)
+    scored = torch.ones_like(daylight, dtype=torch.bool) if dark else daylight >= LIT
+    real, seen = truth[scored].flatten(), tiles.view(recon)[scored].flatten()
     rows = []
     for index in real.unique().tolist():
         here = real == index
@@ -62,8 +66,9 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
     p.add_argument("--data", type=Path, default=Path("data/episodes"))
     p.add_argument("--sequences", type=int, default=32, help="held-out sequences (stage's: 32)")
+    p.add_argument("--dark", action="store_true", help="also the frames too dark to read")
     args = p.parse_args()
-    table = class_table(args.tokenizer, args.data, args.sequences)
+    table = class_table(args.tokenizer, args.data, args.sequences, args.dark)
     print(table.to_markdown(index=False, floatfmt=".1f"))
 
 
