@@ -7,7 +7,8 @@ or only the flat ones (grass, water, sand). Same held-out sequences as the stage
 (`heldout_split`, `fixed_batch` with its seed 1234), without masking, with the weights the
 stage evaluates and `encode` uses (not the EMA). Like the metric, only the frames light enough
 to read (`LIT`) count, unless `--dark`: deep in the night the real frame's tiles are noise, and
-the classes read there (arrows, plants) are the noise's.
+the classes read there (arrows, plants) are the noise's. A second table splits the tiles kept
+by the light level read from each real frame, awake and asleep, every frame counted.
 
     python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 32]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dreamer4.eval.tile_accuracy import LIT, classifier
+from dreamer4.eval.tile_accuracy import CENTRE, DAYLIGHT, LIT, classifier
 from dreamer4.tokenizer import load_tokenizer
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
@@ -28,9 +29,8 @@ HELDOUT_SEED = 1234  # TokenizerJob.heldout's (a literal there: the stage's code
 
 
 @torch.no_grad()
-def class_table(tokenizer: Path, data: Path, sequences: int, dark: bool = False) -> pd.DataFrame:
-    """One row per class present in the real tiles: `share` of all tiles (%), `kept` (% shown
-    as the same class), `becomes` (the most common wrong class and its share of the lost)."""
+def reconstruct(tokenizer: Path, data: Path, sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stage's held-out frames and their reconstructions, (N, H, W, 3) in [-1, 1]."""
     model, _ = load_tokenizer(tokenizer)
     spec = SequenceSpec(
         length=model.cfg.sequence, split=heldout_split(data), actions=False, fields=()
@@ -38,8 +38,14 @@ def class_table(tokenizer: Path, data: Path, sequences: int, dark: bool = False)
     frames = fixed_batch(EpisodeSequences(data, spec), sequences, HELDOUT_SEED)[0]["frames"]
     out = model(frames, mask=False)
     recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
-    target = model.pixels(frames)
-    tiles = classifier(frames.shape[-2])
+    target = model.pixels(frames).float()
+    return target.reshape(-1, *target.shape[-3:]), recon.reshape(-1, *recon.shape[-3:])
+
+
+def class_table(target: torch.Tensor, recon: torch.Tensor, dark: bool = False) -> pd.DataFrame:
+    """One row per class present in the real tiles: `share` of all tiles (%), `kept` (% shown
+    as the same class), `becomes` (the most common wrong class and its share of the lost)."""
+    tiles = classifier(target.shape[-2])
     truth, daylight = tiles.read(target)
     scored = torch.ones_like(daylight, dtype=torch.bool) if dark else daylight >= LIT
     real, seen = truth[scored].flatten(), tiles.view(recon)[scored].flatten()
@@ -61,6 +67,30 @@ def class_table(tokenizer: Path, data: Path, sequences: int, dark: bool = False)
     return pd.DataFrame(rows).sort_values("share", ascending=False)
 
 
+def light_table(target: torch.Tensor, recon: torch.Tensor) -> pd.DataFrame:
+    """Tiles kept by the light level read from each real frame and whether the player sleeps
+    there (the centre tiles fit the asleep templates best), every frame counted."""
+    tiles = classifier(target.shape[-2])
+    truth, daylight = tiles.read(target)
+    best = tiles._best(target)[:, CENTRE[0], CENTRE[1]].reshape(len(target), -1)
+    asleep = (best % (2 * len(DAYLIGHT)) >= len(DAYLIGHT)).float().mean(-1) > 0.5
+    kept = (tiles.view(recon) == truth).float().mean((1, 2))
+    rows = []
+    for day in sorted(daylight.unique().tolist(), reverse=True):
+        for sleeps in (False, True):
+            here = (daylight == day) & (asleep == sleeps)
+            if here.any():
+                rows.append(
+                    {
+                        "daylight read": round(day, 2),
+                        "asleep": sleeps,
+                        "frames": int(here.sum()),
+                        "kept": 100.0 * kept[here].mean().item(),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
@@ -68,8 +98,10 @@ def main() -> None:
     p.add_argument("--sequences", type=int, default=32, help="held-out sequences (stage's: 32)")
     p.add_argument("--dark", action="store_true", help="also the frames too dark to read")
     args = p.parse_args()
-    table = class_table(args.tokenizer, args.data, args.sequences, args.dark)
-    print(table.to_markdown(index=False, floatfmt=".1f"))
+    target, recon = reconstruct(args.tokenizer, args.data, args.sequences)
+    print(class_table(target, recon, args.dark).to_markdown(index=False, floatfmt=".1f"))
+    print()
+    print(light_table(target, recon).to_markdown(index=False, floatfmt=".1f"))
 
 
 if __name__ == "__main__":
