@@ -18,24 +18,7 @@ import pandas as pd
 import torch
 
 from dreamer4.envs.crafter_env import make_env
-from dreamer4.eval.tile_accuracy import DAYLIGHT, VIEW_ROWS, classifier
-
-VIEW = np.array([9, VIEW_ROWS])  # Crafter's local view in tiles (x, y), player at the centre
-SEMANTIC = ("player", "cow", "zombie", "skeleton", "arrow", "plant")  # ids after the materials
-
-
-def semantic_view(info: dict) -> np.ndarray:
-    """Classifier indices (7, 9) of the view's tiles from Crafter's semantic map."""
-    c = classifier(64)
-    names = ["outside", *c.classes[1:13], *SEMANTIC]
-    sem, pos = info["semantic"], np.asarray(info["player_pos"])
-    out = np.zeros((VIEW_ROWS, VIEW[0]), int)
-    for x in range(VIEW[0]):
-        for y in range(VIEW_ROWS):
-            p = pos + np.array([x, y]) - VIEW // 2
-            inside = 0 <= p[0] < sem.shape[0] and 0 <= p[1] < sem.shape[1]
-            out[y, x] = c.classes.index(names[sem[p[0], p[1]]] if inside else "outside")
-    return out
+from dreamer4.eval.tile_accuracy import DAYLIGHT, classifier, semantic_view
 
 
 def reliability(seeds: list[int], steps: int, every: int) -> pd.DataFrame:

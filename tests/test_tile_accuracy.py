@@ -12,10 +12,9 @@ from dreamer4.eval.tile_accuracy import (
     LIT,
     classifier,
     inventory_accuracy,
+    semantic_view,
     tile_accuracy,
 )
-
-VIEW = np.array([9, 7])  # Crafter's local view in tiles (x, y), player at the centre
 
 
 def _play(seed: int, steps: int, every: int) -> list[tuple[np.ndarray, dict, float]]:
@@ -38,20 +37,6 @@ def _play(seed: int, steps: int, every: int) -> list[tuple[np.ndarray, dict, flo
     return frames
 
 
-def _truth(info: dict) -> np.ndarray:
-    """The class of each view tile from Crafter's semantic map, as (7, 9) classifier indices."""
-    c = classifier(64)
-    names = ["outside", *c.classes[1:13], "player", "cow", "zombie", "skeleton", "arrow", "plant"]
-    sem, pos = info["semantic"], np.asarray(info["player_pos"])
-    out = np.zeros((7, 9), int)
-    for x in range(9):
-        for y in range(7):
-            p = pos + np.array([x, y]) - VIEW // 2
-            inside = 0 <= p[0] < sem.shape[0] and 0 <= p[1] < sem.shape[1]
-            out[y, x] = c.classes.index(names[sem[p[0], p[1]]] if inside else "outside")
-    return out
-
-
 @pytest.fixture(scope="module")
 def played() -> list[tuple[np.ndarray, dict, float]]:
     return _play(0, 400, 8) + _play(1, 400, 8)
@@ -61,7 +46,7 @@ def test_view_tiles_match_crafters_semantic_map_by_day_and_night(played) -> None
     c = classifier(64)
     day, night = [], []
     for obs, info, light in played:
-        ok = (c.view(torch.tensor(obs)[None])[0].numpy() == _truth(info)).mean()
+        ok = (c.view(torch.tensor(obs)[None])[0].numpy() == semantic_view(info)).mean()
         (day if light > 0.5 else night).append(ok)
     assert len(day) > 20 and len(night) > 20, (len(day), len(night))
     assert np.mean(day) >= 0.99, np.mean(day)
@@ -107,7 +92,10 @@ def test_accuracy_between_two_frames_is_the_agreement_of_their_semantic_maps(pla
     day = [(obs, info) for obs, info, light in played if light > 0.5]
     a, b = (torch.tensor(np.stack([obs for obs, _ in day[i : i + 16]])) for i in (0, 1))
     want = np.array(
-        [(_truth(x[1]) == _truth(y[1])).mean() for x, y in zip(day[:16], day[1:17], strict=True)]
+        [
+            (semantic_view(x[1]) == semantic_view(y[1])).mean()
+            for x, y in zip(day[:16], day[1:17], strict=True)
+        ]
     )
     got = tile_accuracy(a, b).numpy()
     assert want.min() < 0.95  # the pairs differ somewhere
@@ -182,7 +170,7 @@ def test_frames_too_dark_to_read_are_not_scored(lit_twice) -> None:
     c = classifier(64)
     for day, states in lit_twice.items():
         first, second = (torch.tensor(np.stack([s[k] for s in states])) for k in (0, 1))
-        truth = np.stack([_truth(info) for _, _, info in states])
+        truth = np.stack([semantic_view(info) for _, _, info in states])
         read = (c.view(first).numpy() == truth).mean()
         scored, every = tile_accuracy(second, first), tile_accuracy(second, first, dark=True)
         if day >= LIT:

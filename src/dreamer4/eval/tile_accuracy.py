@@ -69,6 +69,7 @@ OBJECTS = {  # texture → class (Crafter's semantic view names objects by type)
     "plant-ripe": "plant",
 }
 DAYLIGHT = (1.0, 0.7, 0.45, 0.3, 0.2, 0.1, 0.0)  # lighting levels the templates are drawn at
+SEMANTIC = ("player", "cow", "zombie", "skeleton", "arrow", "plant")  # Crafter's object ids
 NOISE_MEAN = (32 + 127) / 2  # Crafter's night noise: uniform grey levels in [32, 127)
 LIT = 0.3  # the darkest of DAYLIGHT at which real frames, awake and asleep, are read right
 CENTRE = (slice(2, 5), slice(3, 6))  # view rows, columns whose light level is read (the
@@ -222,6 +223,22 @@ def is_crafter(dataset: dict) -> bool:
 def classifier(size: int = 64) -> TileClassifier:
     """One classifier per render size per process (building it draws ~50,000 templates)."""
     return TileClassifier(size)
+
+
+def semantic_view(info: dict, size: int = 64) -> np.ndarray:
+    """Crafter's own answer for a frame's view tiles, (7, 9) class indices: its semantic map
+    (`info["semantic"]`: material ids, then the object types in SEMANTIC's order) around
+    `info["player_pos"]`. The ground truth the classifier is tested and measured against."""
+    c = classifier(size)
+    names = ["outside", *_data()["materials"], *SEMANTIC]
+    sem, pos = info["semantic"], np.asarray(info["player_pos"])
+    out = np.zeros((VIEW_ROWS, GRID[0]), int)
+    for y in range(VIEW_ROWS):
+        for x in range(GRID[0]):
+            p = pos + np.array([x - GRID[0] // 2, y - VIEW_ROWS // 2])
+            inside = 0 <= p[0] < sem.shape[0] and 0 <= p[1] < sem.shape[1]
+            out[y, x] = c.classes.index(names[sem[p[0], p[1]]] if inside else "outside")
+    return out
 
 
 def tile_accuracy(decoded: Tensor, real: Tensor, size: int = 64, dark: bool = False) -> Tensor:
