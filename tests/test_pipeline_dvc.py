@@ -55,11 +55,16 @@ def test_repro_is_incremental_and_profiles_switch(trained_repo: tuple[Path, str]
     for name, value in [*tok.items(), *dyn.items()]:
         if "tile_accuracy" in name or "inventory_accuracy" in name:
             assert 0 <= value <= 1, (name, value)
-    assert {"tokenizer/tile_accuracy", "tokenizer/inventory_accuracy"} <= tok.keys()
+    assert {
+        "tokenizer/tile_accuracy",
+        "tokenizer/tile_accuracy_all",
+        "tokenizer/inventory_accuracy",
+    } <= tok.keys()
     dynamics = json.loads((root / "models/world_model/config.json").read_text())["model"]
     k_max = dynamics["model"]["k_max"]
     for run in ("k4", f"k{k_max}", "copy_last", "copy_last_decoded", "tokenizer"):
-        assert f"rollout/tile_accuracy_{run}" in dyn and f"rollout/inventory_accuracy_{run}" in dyn
+        for metric in ("tile_accuracy", "tile_accuracy_all", "inventory_accuracy"):
+            assert f"rollout/{metric}_{run}" in dyn, (metric, run)
     for metric in ("agent/bc_nll_heldout", "imagination/return_before", "imagination/return_after"):
         assert metric in shown, metric
     # agent (WM+BC), its BC-from-scratch baseline, the policy, and what the policy imagines

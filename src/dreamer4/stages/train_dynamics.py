@@ -23,7 +23,8 @@ with actions shuffled across the batch over the loss with the true ones (> 1: ac
 DVC metrics `rollout/psnr_k4`, `rollout/psnr_k64`, `rollout/psnr_copy_last`, … (horizon means),
 `rollout.tsv` per step (DVC plot) and `rollout.gif` (real | K=4 | K=k_max), a DVC plot and
 Dagster metadata. On Crafter data each row also has `tile_accuracy_*` and `inventory_accuracy_*`
-(eval/tile_accuracy.py: the same tiles and inventory counts as the real frame). With
+(eval/tile_accuracy.py: the same tiles and inventory counts as the real frame; tiles on the
+frames light enough to read, `tile_accuracy_all_*` on every frame). With
 `eval_every` > 0 the K=4 rollout and the baselines are also scored during training (train.tsv),
 so the curve against time shows where more training would lead.
 """
@@ -42,7 +43,12 @@ from torch import nn
 
 from dreamer4.dynamics import Dynamics, shift_actions, world_model_configs
 from dreamer4.errors import StageError
-from dreamer4.eval.tile_accuracy import inventory_accuracy, is_crafter, tile_accuracy
+from dreamer4.eval.tile_accuracy import (
+    inventory_accuracy,
+    is_crafter,
+    scored_mean,
+    tile_accuracies,
+)
 from dreamer4.files import atomic_path, read_config
 from dreamer4.preview import save_grid_gif
 from dreamer4.shortcut import generate, loss_norms, sample_tau_d, shortcut_loss
@@ -184,7 +190,11 @@ class WorldModelJob(Job):
         per_step = {k: (v if k == "step" else v.float().nanmean(0)).cpu() for k, v in rows.items()}
         if final and is_rank0():
             self.write_rollouts(per_step, base["real"], shown)
-        metrics = {f"rollout/{k}": float(v.nanmean()) for k, v in per_step.items() if k != "step"}
+        metrics = {
+            f"rollout/{k}": mean
+            for k, v in per_step.items()
+            if k != "step" and (mean := scored_mean(v)) is not None
+        }
         metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
         return metrics
 
@@ -219,7 +229,10 @@ class WorldModelJob(Job):
 
         out = {f"psnr_{name}": psnr(frames, real), f"ssim_{name}": ssim(frames, real)}
         if self.crafter:
-            out[f"tile_accuracy_{name}"] = tile_accuracy(frames, real)
+            # frames too dark to read are not scored (eval/tile_accuracy.py); `_all` scores them
+            out[f"tile_accuracy_{name}"], out[f"tile_accuracy_all_{name}"] = tile_accuracies(
+                frames, real
+            )
             out[f"inventory_accuracy_{name}"] = inventory_accuracy(frames, real)
         return out
 
