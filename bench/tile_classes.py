@@ -67,18 +67,25 @@ def class_table(target: torch.Tensor, recon: torch.Tensor, dark: bool = False) -
     return pd.DataFrame(rows).sort_values("share", ascending=False)
 
 
+def asleep(target: torch.Tensor) -> torch.Tensor:
+    """Per (N, H, W, 3) real frame: whether the player sleeps there (most of the centre tiles
+    fit the asleep templates best: Crafter greys out a sleeper's view)."""
+    tiles = classifier(target.shape[-2])
+    best = tiles._best(target)[:, CENTRE[0], CENTRE[1]].reshape(len(target), -1)
+    return (best % (2 * len(DAYLIGHT)) >= len(DAYLIGHT)).float().mean(-1) > 0.5
+
+
 def light_table(target: torch.Tensor, recon: torch.Tensor) -> pd.DataFrame:
     """Tiles kept by the light level read from each real frame and whether the player sleeps
-    there (the centre tiles fit the asleep templates best), every frame counted."""
+    there, every frame counted."""
     tiles = classifier(target.shape[-2])
     truth, daylight = tiles.read(target)
-    best = tiles._best(target)[:, CENTRE[0], CENTRE[1]].reshape(len(target), -1)
-    asleep = (best % (2 * len(DAYLIGHT)) >= len(DAYLIGHT)).float().mean(-1) > 0.5
+    sleeping = asleep(target)
     kept = (tiles.view(recon) == truth).float().mean((1, 2))
     rows = []
     for day in sorted(daylight.unique().tolist(), reverse=True):
         for sleeps in (False, True):
-            here = (daylight == day) & (asleep == sleeps)
+            here = (daylight == day) & (sleeping == sleeps)
             if here.any():
                 rows.append(
                     {
@@ -95,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", type=Path, default=Path("models/tokenizer"))
     p.add_argument("--data", type=Path, default=Path("data/episodes"))
-    p.add_argument("--sequences", type=int, default=32, help="held-out sequences (stage's: 32)")
+    p.add_argument("--sequences", type=int, default=512, help="held-out sequences (small's: 512)")
     p.add_argument("--dark", action="store_true", help="also the frames too dark to read")
     args = p.parse_args()
     target, recon = reconstruct(args.tokenizer, args.data, args.sequences)
