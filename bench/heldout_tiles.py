@@ -5,9 +5,10 @@ The stage scores a fixed batch of `eval_sequences` held-out windows (`fixed_batc
 Asleep frames (Crafter greys out a sleeper's view) keep far fewer tiles than awake ones, so a
 small batch that happens to draw more of them reads lower. Here: per batch size, the frames
 scored (lit enough to read, `LIT`), the asleep share among them, and the tile accuracy; then
-every held-out frame once (consecutive windows of the tokenizer's sequence length), awake and
-asleep apart, per episode, and a 95 % bootstrap interval over episodes (the held-out set is a
-dozen episodes, so they, not the frames, are the unit of sampling).
+every held-out frame once (consecutive windows of the tokenizer's sequence length: an
+episode's last `length - 1` frames or fewer are left out, as are episodes shorter than a
+window), awake and asleep apart, per episode, and a 95 % bootstrap interval over episodes (the
+held-out set is a dozen episodes, so they, not the frames, are the unit of sampling).
 
     python bench/heldout_tiles.py --tokenizer models/tokenizer --data data/episodes
 """
@@ -80,7 +81,8 @@ def main() -> None:
         part = windows[i : i + 64]
         frames = torch.stack([torch.as_tensor(data[w]["frames"]) for w in part])
         lit, sleep = score(model, frames)
-        lits.append(lit), sleeps.append(sleep)
+        lits.append(lit)
+        sleeps.append(sleep)
         episodes += [w.episode for w in part for _ in range(length)]
     lit, sleep, episode = torch.cat(lits), torch.cat(sleeps), np.array(episodes)
     rows.append(row("every held-out frame", lit, sleep))
@@ -94,15 +96,16 @@ def main() -> None:
                 "asleep %": 100.0 * sleep.numpy()[(episode == e) & np.isfinite(acc)].mean(),
                 "tiles %": 100.0 * np.nanmean(acc[episode == e]),
             }
-            for e in range(len(data.lengths))
+            for e in sorted(set(episode.tolist()))
         ]
     )
     print()
     print(per.to_markdown(index=False, floatfmt=".1f"))
     rng = np.random.default_rng(0)
-    n = len(data.lengths)
+    kept = np.array(sorted(set(episode.tolist())))  # episodes with at least one window
+    n = len(kept)
     boot = [
-        np.nanmean(np.concatenate([acc[episode == e] for e in rng.integers(0, n, n)]))
+        np.nanmean(np.concatenate([acc[episode == e] for e in rng.choice(kept, n)]))
         for _ in range(args.boot)
     ]
     low, high = np.percentile(boot, [2.5, 97.5])

@@ -10,7 +10,7 @@ to read (`LIT`) count, unless `--dark`: deep in the night the real frame's tiles
 the classes read there (arrows, plants) are the noise's. A second table splits the tiles kept
 by the light level read from each real frame, awake and asleep, every frame counted.
 
-    python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 32]
+    python bench/tile_classes.py --tokenizer models/tokenizer --data data/episodes [--sequences 512]
 """
 
 from __future__ import annotations

@@ -190,11 +190,10 @@ class WorldModelJob(Job):
         per_step = {k: (v if k == "step" else v.float().nanmean(0)).cpu() for k, v in rows.items()}
         if final and is_rank0():
             self.write_rollouts(per_step, base["real"], shown)
-        metrics = {
-            f"rollout/{k}": mean
-            for k, v in per_step.items()
-            if k != "step" and (mean := scored_mean(v)) is not None
-        }
+        metrics = {f"rollout/{k}": float(v.nanmean()) for k, v in per_step.items() if k != "step"}
+        for k in [k for k in per_step if "_accuracy_" in k]:  # none scored: left out, not NaN
+            if scored_mean(per_step[k]) is None:
+                del metrics[f"rollout/{k}"]
         metrics["rollout/action_shuffle_ratio"] = self.action_shuffle_ratio(model, batch)
         return metrics
 

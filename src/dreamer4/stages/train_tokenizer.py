@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dreamer4.eval.tile_accuracy import inventory_accuracy, is_crafter, tile_accuracy
+from dreamer4.eval.tile_accuracy import (
+    inventory_accuracy,
+    is_crafter,
+    scored_mean,
+    tile_accuracies,
+)
 from dreamer4.files import atomic_path
 from dreamer4.lpips import LPIPS
 from dreamer4.tokenizer import Tokenizer, TokenizerConfig, psnr, ssim, to_images
@@ -123,14 +128,15 @@ class TokenizerJob(Job):
             .item(),
         }
         if self.crafter:
-            # frames too dark to read are not scored (eval/tile_accuracy.py); `_all` scores them
-            metrics["tokenizer/tile_accuracy"] = tile_accuracy(recon, target).nanmean().item()
-            metrics["tokenizer/tile_accuracy_all"] = (
-                tile_accuracy(recon, target, dark=True).mean().item()
-            )
-            metrics["tokenizer/inventory_accuracy"] = (
-                inventory_accuracy(recon, target).nanmean().item()
-            )
+            # frames too dark to read are not scored (eval/tile_accuracy.py); `_all` scores them.
+            # A mean over no scored frame is left out, not written as NaN.
+            lit, every = tile_accuracies(recon, target)
+            scored = {
+                "tokenizer/tile_accuracy": scored_mean(lit),
+                "tokenizer/tile_accuracy_all": every.mean().item(),
+                "tokenizer/inventory_accuracy": scored_mean(inventory_accuracy(recon, target)),
+            }
+            metrics.update({k: v for k, v in scored.items() if v is not None})
         if final and is_rank0():
             self.write_grid(model, frames[:8, -1:])
         return metrics
