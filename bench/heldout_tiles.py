@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tile_classes import HELDOUT_SEED, asleep
+from tile_classes import HELDOUT_SEED, asleep, decode
 
 from dreamer4.eval.tile_accuracy import tile_accuracies
 from dreamer4.tokenizer import Tokenizer, load_tokenizer
@@ -34,13 +34,11 @@ from dreamer4.train.sequences import (
 )
 
 
-@torch.no_grad()
 def score(model: Tokenizer, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per frame: tile accuracy (NaN where too dark to read) and whether the player sleeps."""
-    recon = model.unpatchify(model(frames, mask=False)["recon"].float()).clamp(-1, 1)
-    target = model.pixels(frames).float()
+    target, recon = decode(model, frames)
     lit, _ = tile_accuracies(recon, target)
-    return lit.flatten(), asleep(target.reshape(-1, *target.shape[-3:]))
+    return lit, asleep(target)
 
 
 def row(name: str, lit: torch.Tensor, sleeps: torch.Tensor) -> dict:

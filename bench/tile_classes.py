@@ -22,13 +22,20 @@ import pandas as pd
 import torch
 
 from dreamer4.eval.tile_accuracy import CENTRE, DAYLIGHT, LIT, classifier
-from dreamer4.tokenizer import load_tokenizer
+from dreamer4.tokenizer import Tokenizer, load_tokenizer
 from dreamer4.train.sequences import EpisodeSequences, SequenceSpec, fixed_batch, heldout_split
 
 HELDOUT_SEED = 1234  # TokenizerJob.heldout's (a literal there: the stage's code stays as it ran)
 
 
 @torch.no_grad()
+def decode(model: Tokenizer, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real frames and their reconstructions (no masking), (N, H, W, 3) in [-1, 1]."""
+    recon = model.unpatchify(model(frames, mask=False)["recon"].float()).clamp(-1, 1)
+    target = model.pixels(frames).float()
+    return target.reshape(-1, *target.shape[-3:]), recon.reshape(-1, *recon.shape[-3:])
+
+
 def reconstruct(tokenizer: Path, data: Path, sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The stage's held-out frames and their reconstructions, (N, H, W, 3) in [-1, 1]."""
     model, _ = load_tokenizer(tokenizer)
@@ -36,10 +43,7 @@ def reconstruct(tokenizer: Path, data: Path, sequences: int) -> tuple[torch.Tens
         length=model.cfg.sequence, split=heldout_split(data), actions=False, fields=()
     )
     frames = fixed_batch(EpisodeSequences(data, spec), sequences, HELDOUT_SEED)[0]["frames"]
-    out = model(frames, mask=False)
-    recon = model.unpatchify(out["recon"].float()).clamp(-1, 1)
-    target = model.pixels(frames).float()
-    return target.reshape(-1, *target.shape[-3:]), recon.reshape(-1, *recon.shape[-3:])
+    return decode(model, frames)
 
 
 def class_table(target: torch.Tensor, recon: torch.Tensor, dark: bool = False) -> pd.DataFrame:
